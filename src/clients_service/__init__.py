@@ -1,0 +1,1 @@
+"""Reference clients service."""
