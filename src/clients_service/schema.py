@@ -8,6 +8,7 @@ from dualwrite.spec import FieldSpec, MigrationSpec
 CLIENTS_PII = MigrationSpec(
     name="clients_pii",
     table="clients",
+    scope_column="workspace_id",
     fields=(
         FieldSpec("first_name"),
         FieldSpec("last_name"),

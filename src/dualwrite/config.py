@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     soak_seconds: float = Field(default=300.0, ge=0)
     require_latency_gate: bool = True
 
+    # --- reference application hooks (imported by name: dualwrite never imports them) -----
+    reference_app: str = "clients_service.app:create_app"
+    reference_seed_module: str = "clients_service.seed"
+
     # --- HTTP -----------------------------------------------------------------------------
     admin_token: SecretStr | None = None
     api_token: SecretStr | None = None

@@ -65,12 +65,16 @@ class MigrationSpec:
     table: str
     fields: tuple[FieldSpec, ...]
     primary_key: str = "id"
+    scope_column: str | None = None
+    """Tenant column (e.g. ``workspace_id``) that leads the blind-index indexes, if any."""
     _by_name: dict[str, FieldSpec] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_identifier("migration", self.name)
         _check_identifier("table", self.table)
         _check_identifier("primary key", self.primary_key)
+        if self.scope_column is not None:
+            _check_identifier("scope column", self.scope_column)
         if not self.fields:
             raise ValueError("a migration needs at least one field")
         for f in self.fields:
@@ -95,6 +99,7 @@ class MigrationSpec:
             "name": self.name,
             "table": self.table,
             "primary_key": self.primary_key,
+            "scope_column": self.scope_column,
             "fields": [{"name": f.name, "blind_index": f.blind_index} for f in self.fields],
         }
 
@@ -104,6 +109,7 @@ class MigrationSpec:
             name=data["name"],
             table=data["table"],
             primary_key=data.get("primary_key", "id"),
+            scope_column=data.get("scope_column"),
             fields=tuple(FieldSpec(f["name"], f.get("blind_index")) for f in data["fields"]),
         )
 

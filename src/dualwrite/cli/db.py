@@ -1,0 +1,76 @@
+"""``dualwrite db upgrade|downgrade|current|stop`` — Alembic with the dualwrite engine."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from dualwrite import migrate
+from dualwrite.cli import app
+from dualwrite.cli._common import cli_errors, console, run_async, settings
+from dualwrite.db import open_engine, stop_embedded
+
+db_app = typer.Typer(help="Schema migrations (Alembic) and the embedded PostgreSQL.", no_args_is_help=True)
+
+
+@db_app.command("upgrade")
+@cli_errors
+def upgrade(
+    revision: Annotated[
+        str | None, typer.Argument(help="target revision (default: up to the expand)")
+    ] = None,
+) -> None:
+    """Apply revisions up to and including the expand (never the contract: see `finalize`)."""
+    s = settings()
+
+    async def go() -> str | None:
+        cfg = migrate.alembic_config()
+        async with open_engine(s) as engine:
+            await migrate.upgrade(engine, cfg, revision, settings=s)
+            return await migrate.current(engine, cfg)
+
+    console.print(f"database at revision {run_async(go())}")
+
+
+@db_app.command("downgrade")
+@cli_errors
+def downgrade(revision: Annotated[str, typer.Argument(help="target revision, -1 or base")]) -> None:
+    """Revert revisions down to REVISION."""
+    s = settings()
+
+    async def go() -> str | None:
+        cfg = migrate.alembic_config()
+        async with open_engine(s) as engine:
+            await migrate.downgrade(engine, cfg, revision, settings=s)
+            return await migrate.current(engine, cfg)
+
+    console.print(f"database at revision {run_async(go()) or 'base'}")
+
+
+@db_app.command("current")
+@cli_errors
+def current() -> None:
+    """Print the revision the database is at."""
+    s = settings()
+
+    async def go() -> str | None:
+        async with open_engine(s) as engine:
+            return await migrate.current(engine, migrate.alembic_config())
+
+    console.print(run_async(go()) or "base")
+
+
+@db_app.command("stop")
+@cli_errors
+def stop() -> None:
+    """Stop the embedded PostgreSQL (no-op with DATABASE_URL)."""
+    s = settings()
+    if s.database_url:
+        console.print("DATABASE_URL is set: nothing to stop")
+        return
+    stopped = stop_embedded(s.data_dir)
+    console.print("embedded PostgreSQL stopped" if stopped else "embedded PostgreSQL was not running")
+
+
+app.add_typer(db_app, name="db")

@@ -1,0 +1,322 @@
+"""Guard evaluation inputs and the individual guards of phase moves (pure).
+
+Import these names from :mod:`dualwrite.phases`, which re-exports them and owns the tables that
+say which guard applies to which move (:func:`dualwrite.phases.evaluate`). This module only knows
+how to check one fact against a :class:`Facts` snapshot; it never reads the clock (``facts.now``
+is the time of the snapshot) and never touches the database.
+
+Every guard returns a :class:`GuardResult`, passed or not, with a short reason carrying the
+numbers, so the admin API can list all of them:
+
+>>> from datetime import UTC, datetime
+>>> t = datetime(2025, 1, 1, 12, tzinfo=UTC)
+>>> facts = Facts(now=t, state_version=5, phase_changed_at=t, schema_expanded=True,
+...               plaintext_columns_present=True, current_key_version="v2",
+...               rows_missing_ciphertext=3)
+>>> coverage_complete(facts)
+GuardResult(name='coverage_complete', passed=False, reason='3 rows still lack ciphertext: \
+run `dualwrite backfill --mode encrypt`')
+
+"Live" instances are those whose heartbeat is at most ``3 * poll_interval_seconds`` old
+(inclusive). A fleet guard passes when no instance is live (reason ``"no live instances"``) and
+lists at most three offending instances otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from dualwrite.errors import GuardsFailedError
+
+if TYPE_CHECKING:  # only for annotations: dualwrite.phases imports this module at runtime
+    from dualwrite.phases import Direction, Phase
+
+Guard = Callable[["Facts"], "GuardResult"]
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceView:
+    """One API instance's latest heartbeat."""
+
+    instance_id: str
+    observed_phase: Phase | None
+    observed_version: int | None
+    key_versions: frozenset[str]
+    last_seen: datetime
+    host: str = ""
+    pid: int = 0
+
+    @property
+    def label(self) -> str:
+        """How reasons name an instance: ``instance api-2 (host h, pid 12)``."""
+        parts = [f"host {self.host}"] if self.host else []
+        parts += [f"pid {self.pid}"] if self.pid else []
+        return f"instance {self.instance_id}" + (f" ({', '.join(parts)})" if parts else "")
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationView:
+    """The last verification run (``full`` = every row, not a sample)."""
+
+    finished_at: datetime
+    full: bool
+    mismatches: int
+    missing: int
+    undecryptable: int
+    phase: Phase
+
+
+@dataclass(frozen=True, slots=True)
+class GateView:
+    """The last recorded latency-gate run and the phase it ran in."""
+
+    finished_at: datetime
+    passed: bool
+    phase: Phase
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """A snapshot of everything the guards look at (timezone-aware datetimes, one clock)."""
+
+    now: datetime
+    state_version: int  # current version of the state row
+    phase_changed_at: datetime  # when the current phase was entered
+    schema_expanded: bool  # ciphertext columns + stale-ciphertext trigger present
+    plaintext_columns_present: bool
+    current_key_version: str | None  # the version the fleet must hold
+    instances: tuple[InstanceView, ...] = ()
+    rows_missing_ciphertext: int = 0  # plaintext present, ciphertext or blind index missing
+    rows_ciphertext_without_plaintext: int = 0  # plaintext incomplete
+    rows_with_plaintext: int = 0  # plaintext not yet purged
+    backfill_finished_at: datetime | None = None  # last encrypt run that found nothing left
+    last_verification: VerificationView | None = None
+    last_gate: GateView | None = None
+    shadow_mismatches_since_switch: int = 0
+    fallbacks_since_switch: int = 0
+    poll_interval_seconds: float = 2.0
+    soak_seconds: float = 300.0
+    require_latency_gate: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class GuardResult:
+    name: str
+    passed: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Every guard of one legal move, passed or not."""
+
+    current: Phase
+    target: Phase
+    direction: Direction
+    guards: tuple[GuardResult, ...]
+
+    @property
+    def allowed(self) -> bool:
+        """True when every guard passed."""
+        return all(g.passed for g in self.guards)
+
+    @property
+    def failures(self) -> tuple[GuardResult, ...]:
+        return tuple(g for g in self.guards if not g.passed)
+
+    def describe(self) -> dict[str, object]:
+        """A JSON-friendly summary (for the admin API)."""
+        return {
+            "current": self.current.value,
+            "target": self.target.value,
+            "direction": self.direction.value,
+            "allowed": self.allowed,
+            "guards": [
+                {"name": g.name, "passed": g.passed, "reason": g.reason} for g in self.guards
+            ],
+        }
+
+    def raise_if_refused(self) -> None:
+        """Raise ``GuardsFailedError`` (its ``failures`` as ``"name: reason"``) unless allowed."""
+        if self.allowed:
+            return
+        failures = [f"{g.name}: {g.reason}" for g in self.failures]
+        message = f"cannot move from {self.current} to {self.target}: " + "; ".join(failures)
+        raise GuardsFailedError(message, failures)
+
+
+def live_instances(facts: Facts) -> tuple[InstanceView, ...]:
+    """Instances whose heartbeat is at most 3 poll intervals old at ``facts.now``."""
+    window = timedelta(seconds=3 * facts.poll_interval_seconds)
+    return tuple(i for i in facts.instances if facts.now - i.last_seen <= window)
+
+
+def _ts(t: datetime) -> str:
+    return t.isoformat(timespec="seconds")
+
+
+def _check(name: str, ok: bool, good: str, bad: str) -> GuardResult:
+    return GuardResult(name, ok, good if ok else bad)
+
+
+# --- fleet guards -----------------------------------------------------------------------------
+
+
+def fleet_guard(
+    name: str, facts: Facts, problem: Callable[[InstanceView], str | None]
+) -> GuardResult:
+    """Pass unless ``problem`` describes something wrong with a live instance."""
+    live = live_instances(facts)
+    if not live:
+        return GuardResult(name, True, "no live instances")
+    problems = [p for p in map(problem, live) if p is not None]
+    if not problems:
+        return GuardResult(name, True, f"all {len(live)} live instances are ready")
+    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+    return GuardResult(name, False, "; ".join(problems[:3]) + more)
+
+
+def fleet_observed(phase: Phase) -> Guard:
+    """``fleet_observed_<phase>``: every live instance has read this state row version."""
+
+    def guard(facts: Facts) -> GuardResult:
+        needs = f"needs version {facts.state_version} ({phase})"
+
+        def problem(i: InstanceView) -> str | None:
+            if i.observed_version is None:
+                return f"{i.label} has not observed any phase yet, {needs}"
+            if i.observed_version < facts.state_version:
+                seen = f"{i.observed_version} ({i.observed_phase})"
+                return f"{i.label} has observed version {seen}, {needs}"
+            return None
+
+        return fleet_guard(f"fleet_observed_{phase}", facts, problem)
+
+    return guard
+
+
+def fleet_holds_current_key(facts: Facts) -> GuardResult:
+    """Every live instance holds ``current_key_version`` (fails when none is configured)."""
+    key, name = facts.current_key_version, "fleet_holds_current_key"
+    if key is None:
+        return GuardResult(name, False, "no current key version is configured")
+
+    def problem(i: InstanceView) -> str | None:
+        held = ", ".join(sorted(i.key_versions)) or "no keys"
+        return None if key in i.key_versions else f"{i.label} holds {held}, needs {key}"
+
+    return fleet_guard(name, facts, problem)
+
+
+# --- data guards ------------------------------------------------------------------------------
+
+
+def schema_expanded(f: Facts) -> GuardResult:
+    return _check(
+        "schema_expanded",
+        f.schema_expanded,
+        "expand schema is present",
+        "expand schema is missing: run `dualwrite db upgrade`",
+    )
+
+
+def coverage_complete(f: Facts) -> GuardResult:
+    n = f.rows_missing_ciphertext
+    return _check(
+        "coverage_complete",
+        n == 0,
+        "every row with plaintext has ciphertext",
+        f"{n} rows still lack ciphertext: run `dualwrite backfill --mode encrypt`",
+    )
+
+
+def verification_passed(f: Facts) -> GuardResult:
+    """A full verification finished after the backfill did and found nothing wrong."""
+    v, done, name = f.last_verification, f.backfill_finished_at, "verification_passed"
+    if done is None:
+        return GuardResult(name, False, "the backfill has not finished (no encrypt run ended)")
+    if v is None or not v.full:
+        return GuardResult(name, False, "no full verification has run: run `dualwrite verify`")
+    if v.finished_at <= done:
+        return GuardResult(
+            name,
+            False,
+            f"the last full verification ({_ts(v.finished_at)}) is not after the backfill "
+            f"finished ({_ts(done)}): run `dualwrite verify` again",
+        )
+    counts = f"{v.mismatches} mismatches, {v.missing} missing, {v.undecryptable} undecryptable"
+    ok = v.mismatches == v.missing == v.undecryptable == 0
+    return GuardResult(name, ok, f"the last full verification ({_ts(v.finished_at)}): {counts}")
+
+
+def latency_gate_passed(phase: Phase) -> Guard:
+    """``latency_gate_passed``: a gate passed in ``phase`` after it was entered (if required)."""
+
+    def guard(f: Facts) -> GuardResult:
+        g, name = f.last_gate, "latency_gate_passed"
+        if not f.require_latency_gate:
+            return GuardResult(name, True, "not required (require_latency_gate is off)")
+        if g is None or g.phase is not phase or g.finished_at <= f.phase_changed_at:
+            last = "none" if g is None else f"{g.phase} at {_ts(g.finished_at)}"
+            return GuardResult(
+                name,
+                False,
+                f"no latency gate has run in {phase} since {_ts(f.phase_changed_at)} "
+                f"(last: {last})",
+            )
+        verdict = "passed" if g.passed else "failed"
+        return GuardResult(name, g.passed, f"latency gate {verdict} at {_ts(g.finished_at)}")
+
+    return guard
+
+
+def soak_time(f: Facts) -> GuardResult:
+    """The current phase has been held at least ``soak_seconds``."""
+    elapsed = max(0.0, (f.now - f.phase_changed_at).total_seconds())
+    left = f.soak_seconds - elapsed
+    reason = f"soak time: {elapsed:.0f}s of {f.soak_seconds:.0f}s elapsed"
+    return GuardResult("soak_time", left <= 0, reason + (f", {left:.0f}s left" if left > 0 else ""))
+
+
+def no_shadow_mismatches(f: Facts) -> GuardResult:
+    n = f.shadow_mismatches_since_switch
+    reason = f"{n} shadow-read mismatches since the switch"
+    return GuardResult("no_shadow_mismatches", n == 0, reason)
+
+
+def no_plaintext_fallbacks(f: Facts) -> GuardResult:
+    n = f.fallbacks_since_switch
+    reason = f"{n} plaintext fallbacks since the switch"
+    return GuardResult("no_plaintext_fallbacks", n == 0, reason)
+
+
+def plaintext_purged(f: Facts) -> GuardResult:
+    n = f.rows_with_plaintext
+    return _check(
+        "plaintext_purged",
+        n == 0,
+        "no row holds plaintext",
+        f"{n} rows still hold plaintext: run `dualwrite backfill --mode purge`",
+    )
+
+
+def plaintext_complete(f: Facts) -> GuardResult:
+    n = f.rows_ciphertext_without_plaintext
+    return _check(
+        "plaintext_complete",
+        n == 0,
+        "every row with ciphertext has its plaintext",
+        f"{n} rows have ciphertext but no plaintext: run `dualwrite backfill --mode decrypt`",
+    )
+
+
+def plaintext_columns_present(f: Facts) -> GuardResult:
+    return _check(
+        "plaintext_columns_present",
+        f.plaintext_columns_present,
+        "plaintext columns are present",
+        "plaintext columns are absent: run the contract revision's Alembic downgrade first",
+    )

@@ -1,0 +1,145 @@
+"""Alembic, driven with an engine rather than a URL string.
+
+``dualwrite db upgrade`` applies every revision up to and including the expand, stopping before
+any revision marked ``dualwrite_contract = True`` (the one that drops plaintext); that one runs
+only through ``dualwrite finalize`` once its guards pass.
+
+>>> cfg = alembic_config()                                  # doctest: +SKIP
+>>> await upgrade(engine, cfg)                              # doctest: +SKIP  (stops before contract)
+>>> await current(engine, cfg)                              # doctest: +SKIP
+'0003'
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from dualwrite.config import Settings
+from dualwrite.errors import ConfigError, DualwriteError
+
+CONTRACT_MARKER = "dualwrite_contract"
+"""Module attribute that marks a revision as a contract (drops plaintext)."""
+
+
+def alembic_config(ini: str | Path | None = None) -> Config:
+    """Load ``alembic.ini`` (``ALEMBIC_CONFIG`` or ``./alembic.ini``)."""
+    path = Path(ini or os.environ.get("ALEMBIC_CONFIG") or "alembic.ini")
+    if not path.is_file():
+        raise ConfigError(
+            f"no Alembic configuration at {path} (run from the project folder or set ALEMBIC_CONFIG)"
+        )
+    return Config(str(path))
+
+
+def configure_ddl_timeouts(connection: Connection, settings: Settings | None) -> None:
+    """Set ``lock_timeout``/``statement_timeout`` for this session, then end the transaction."""
+    lock_ms = settings.ddl_lock_timeout_ms if settings else 5_000
+    stmt_ms = settings.ddl_statement_timeout_ms if settings else 600_000
+    connection.execute(text(f"SET lock_timeout = {int(lock_ms)}"))
+    connection.execute(text(f"SET statement_timeout = {int(stmt_ms)}"))
+    connection.commit()
+
+
+def contract_revisions(cfg: Config) -> list[str]:
+    """Revisions whose module sets ``dualwrite_contract = True``."""
+    script = ScriptDirectory.from_config(cfg)
+    return [
+        rev.revision
+        for rev in script.walk_revisions()
+        if getattr(rev.module, CONTRACT_MARKER, False)
+    ]
+
+
+def expand_target(cfg: Config) -> str:
+    """The highest revision ``db upgrade`` may reach: just before the first contract revision."""
+    script = ScriptDirectory.from_config(cfg)
+    contracts = set(contract_revisions(cfg))
+    target = "head"
+    for rev in script.walk_revisions():  # head first
+        if rev.revision in contracts:
+            down = rev.down_revision
+            if not isinstance(down, str):
+                raise ConfigError(f"contract revision {rev.revision} must have one parent")
+            target = down
+    return target
+
+
+def _crosses_contract(cfg: Config, connection: Connection, target: str) -> str | None:
+    script = ScriptDirectory.from_config(cfg)
+    contracts = set(contract_revisions(cfg))
+    ctx = MigrationContext.configure(connection)
+    heads = ctx.get_current_heads()
+    try:
+        revs = list(script.iterate_revisions(target, heads or "base"))
+    except Exception:
+        raise DualwriteError(f"unknown revision {target!r}") from None
+    for rev in revs:
+        if rev.revision in contracts:
+            return rev.revision
+    return None
+
+
+async def _run(engine: AsyncEngine, cfg: Config, settings: Settings | None, fn: object) -> None:
+    def go(sync_conn: Connection) -> None:
+        cfg.attributes["connection"] = sync_conn
+        cfg.attributes["settings"] = settings
+        try:
+            fn(sync_conn)  # type: ignore[operator]
+        finally:
+            cfg.attributes.pop("connection", None)
+
+    async with engine.connect() as conn:
+        await conn.run_sync(go)
+        await conn.commit()
+
+
+async def upgrade(
+    engine: AsyncEngine,
+    cfg: Config,
+    revision: str | None = None,
+    *,
+    allow_contract: bool = False,
+    settings: Settings | None = None,
+) -> None:
+    """Upgrade to ``revision`` (default: the expand target). Refuses to cross a contract revision
+    unless ``allow_contract`` (only ``dualwrite finalize`` sets it)."""
+    target = revision or expand_target(cfg)
+
+    def go(conn: Connection) -> None:
+        if not allow_contract:
+            crossing = _crosses_contract(cfg, conn, target)
+            if crossing is not None:
+                raise DualwriteError(
+                    f"revision {crossing} is a contract revision (drops plaintext): "
+                    "it runs only through `dualwrite finalize`"
+                )
+        command.upgrade(cfg, target)
+
+    await _run(engine, cfg, settings, go)
+
+
+async def downgrade(
+    engine: AsyncEngine, cfg: Config, revision: str, *, settings: Settings | None = None
+) -> None:
+    """Downgrade to ``revision`` (``-1``, ``base``, or an id)."""
+    await _run(engine, cfg, settings, lambda conn: command.downgrade(cfg, revision))
+
+
+async def current(engine: AsyncEngine, cfg: Config) -> str | None:
+    """The revision the database is at, or ``None`` for an empty database."""
+
+    def go(conn: Connection) -> str | None:
+        heads = MigrationContext.configure(conn).get_current_heads()
+        return heads[0] if heads else None
+
+    async with engine.connect() as conn:
+        return await conn.run_sync(go)
