@@ -1,0 +1,126 @@
+"""Blind indexes: keyed, deterministic fingerprints that make encrypted fields searchable (pure).
+
+``index = HMAC-SHA256(BLIND_INDEX_KEY, b"dualwrite.bidx.v1|" + kind + b"|" + normalized)[:length]``
+
+Equal values (after normalisation) give equal indexes, so ``WHERE email_bidx = :bidx`` finds a
+row without decrypting anything, while the index reveals nothing without the key. The key is a
+family of its own (``BLIND_INDEX_KEY``), so rotating data keys needs no re-index.
+
+>>> bidx = BlindIndex(bytes(range(32)))
+>>> bidx.compute(" Ada@Example.COM ", "email") == bidx.compute("ada@example.com", "email")
+True
+>>> bidx.compute("+1 (555) 010-9999", "phone") == bidx.compute("1.555.010.9999", "phone")
+True
+>>> len(bidx.compute("ada", "text")), bidx.compute("   ", "text")
+(16, None)
+
+Normalisation is part of the format: changing it means recomputing every index.
+
+- every kind first applies Unicode NFKC (full-width letters and digits become ASCII, composed
+  and decomposed accents compare equal);
+- ``email``: strip surrounding whitespace, casefold;
+- ``phone``: keep the ASCII digits only — ``+``, spaces, dots, dashes and brackets are dropped,
+  so ``+1 555 0100`` and ``1-555-0100`` match, but ``555 0100`` (no country code) does not;
+- ``text``: strip, casefold, collapse inner whitespace runs to one space.
+
+A value that normalises to the empty string has no index (``None``), like ``None`` itself.
+"""
+
+from __future__ import annotations
+
+import hmac
+import unicodedata
+from typing import TYPE_CHECKING, Literal
+
+from dualwrite.crypto.keyring import load_blind_index_key
+from dualwrite.errors import KeyringError
+
+if TYPE_CHECKING:
+    from dualwrite.config import Settings
+
+__all__ = ["BLIND_INDEX_DOMAIN", "BlindIndex", "Kind"]
+
+Kind = Literal["email", "phone", "text"]
+BLIND_INDEX_DOMAIN = b"dualwrite.bidx.v1|"
+MIN_KEY_BYTES = 32
+_KIND_TAGS: dict[str, bytes] = {
+    k: BLIND_INDEX_DOMAIN + k.encode("ascii") + b"|" for k in ("email", "phone", "text")
+}
+_ASCII_DIGITS = frozenset("0123456789")
+
+
+class BlindIndex:
+    """Computes blind indexes with one key; ``length`` (8-32, default 16) bytes per index.
+
+    >>> BlindIndex(bytes(32), length=8)
+    BlindIndex(length=8)
+    >>> BlindIndex.normalize("  Mary   ANN\\tSmith ", "text")
+    'mary ann smith'
+    >>> BlindIndex.normalize("+44 (0)20 7946-0958", "phone")
+    '4402079460958'
+    """
+
+    __slots__ = ("_key", "length")
+
+    def __init__(self, key: bytes, length: int = 16) -> None:
+        if not isinstance(key, bytes | bytearray):
+            raise TypeError("blind index key must be bytes")
+        if len(key) < MIN_KEY_BYTES:
+            raise KeyringError(
+                f"blind index key must be at least {MIN_KEY_BYTES} bytes (got {len(key)} bytes)"
+            )
+        if isinstance(length, bool) or not isinstance(length, int) or not 8 <= length <= 32:
+            raise ValueError("blind index length must be an int from 8 to 32")
+        self._key = bytes(key)
+        self.length = length
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BlindIndex:
+        """From ``BLIND_INDEX_KEY`` and ``BLIND_INDEX_BYTES``."""
+        return cls(load_blind_index_key(settings), settings.blind_index_bytes)
+
+    @staticmethod
+    def normalize(value: str, kind: Kind) -> str:
+        """The normal form that is indexed (see the module docstring for the rules).
+
+        >>> BlindIndex.normalize("  Ada@EXAMPLE.com", "email")
+        'ada@example.com'
+        >>> BlindIndex.normalize("０３０-１２３", "phone")
+        '030123'
+        """
+        if not isinstance(value, str):
+            raise TypeError(f"blind index value must be str, got {type(value).__name__}")
+        text = unicodedata.normalize("NFKC", value)
+        if kind == "email":
+            return text.strip().casefold()
+        if kind == "phone":
+            return "".join(ch for ch in text if ch in _ASCII_DIGITS)
+        if kind == "text":
+            return " ".join(text.casefold().split())
+        raise ValueError("blind index kind must be 'email', 'phone' or 'text'")
+
+    def compute(self, value: str | None, kind: Kind) -> bytes | None:
+        """The index of ``value``; ``None`` for ``None`` or a value that normalises to empty.
+
+        >>> b = BlindIndex(bytes(32), length=8)
+        >>> b.compute("A@x.io ", "email").hex(), b.compute(None, "email")
+        ('9bbb010dbf3550e0', None)
+        """
+        if value is None:
+            return None
+        normal = self.normalize(value, kind)
+        if not normal:
+            return None
+        try:
+            message = _KIND_TAGS[kind] + normal.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("blind index value is not valid Unicode (lone surrogate)") from None
+        return hmac.digest(self._key, message, "sha256")[: self.length]
+
+    def __reduce__(self) -> object:
+        raise TypeError("BlindIndex cannot be pickled (it would copy key material)")
+
+    def __repr__(self) -> str:
+        return f"BlindIndex(length={self.length})"
+
+    __str__ = __repr__
