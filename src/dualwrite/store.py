@@ -412,7 +412,7 @@ async def last_backfill_finished_at(conn: AsyncConnection, migration: str) -> da
             {"m": migration},
         )
     ).scalar()
-    return value  # type: ignore[no-any-return]
+    return value if isinstance(value, datetime) else None
 
 
 # --- verification and latency gate results --------------------------------------------------
@@ -446,14 +446,19 @@ async def record_verification(conn: AsyncConnection, rec: VerificationRecord) ->
     )
 
 
-async def latest_verification(conn: AsyncConnection, migration: str) -> VerificationView | None:
+async def latest_verification(
+    conn: AsyncConnection, migration: str, *, full_only: bool = True
+) -> VerificationView | None:
+    """The newest verification run; by default the newest *full* run (the one guards use: a
+    later sample run must not hide it)."""
     row = (
         await conn.execute(
             text(
                 "SELECT finished_at, full_scan, mismatched, missing, undecryptable, phase FROM "
-                "dualwrite_verifications WHERE migration = :m ORDER BY finished_at DESC LIMIT 1"
+                "dualwrite_verifications WHERE migration = :m AND (full_scan OR NOT :full_only) "
+                "ORDER BY finished_at DESC LIMIT 1"
             ),
-            {"m": migration},
+            {"m": migration, "full_only": full_only},
         )
     ).first()
     if row is None:
