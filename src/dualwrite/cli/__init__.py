@@ -24,7 +24,9 @@ app = typer.Typer(
 
 # Command modules register themselves on ``app`` when imported. A module that is not there yet
 # is skipped, so the CLI grows as the framework does.
-_COMMAND_MODULES = ("db", "keys", "seed", "phase", "status", "serve", "backfill", "verify", "demo")
+_COMMAND_MODULES = (
+    "db", "keys", "seed", "phase", "status", "serve", "backfill", "verify", "gate", "demo",
+)
 
 for _name in _COMMAND_MODULES:
     try:

@@ -1,0 +1,5 @@
+"""``python -m dualwrite.cli`` — same as the ``dualwrite`` console script."""
+
+from dualwrite.cli import main
+
+main()
