@@ -66,11 +66,11 @@ def judge(stats: Sequence[EndpointStats], thresholds: Mapping[str, float]) -> Ga
         if s.failures:
             failures.append(f"{s.name}: {s.failures} of {s.requests} requests failed")
     for name, limit in thresholds.items():
-        s = by_name.get(name)
-        if s is None or s.requests == 0:
+        measured = by_name.get(name)
+        if measured is None or measured.requests == 0:
             failures.append(f"{name}: no requests measured")
-        elif s.p95_ms > limit:
-            failures.append(f"{name}: p95 {s.p95_ms:.0f} ms > {limit:.0f} ms")
+        elif measured.p95_ms > limit:
+            failures.append(f"{name}: p95 {measured.p95_ms:.0f} ms > {limit:.0f} ms")
     return GateVerdict(not failures, tuple(stats), failures)
 
 
