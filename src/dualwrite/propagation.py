@@ -180,7 +180,11 @@ class PhaseWatcher:
             if old is not None:
                 log.info(
                     "migration %s: observed %s (version %d), was %s (version %d)",
-                    new.name, new.phase.value, new.version, old.phase.value, old.version,
+                    new.name,
+                    new.phase.value,
+                    new.version,
+                    old.phase.value,
+                    old.version,
                 )
         if changed:
             async with self._changed:
@@ -236,7 +240,9 @@ class PhaseWatcher:
         if exc is not None and not was:
             log.warning(
                 "phase %s failed (%s): keeping the last known state, retrying every %.1fs",
-                loop, _one_line(exc), self.poll_interval,
+                loop,
+                _one_line(exc),
+                self.poll_interval,
             )
         elif exc is None and was:
             log.warning("phase %s recovered", loop)
@@ -335,9 +341,14 @@ def _count_live(
 ) -> dict[str, int]:
     """Live instances per observed phase, with the guards' definition of live."""
     facts = Facts(
-        now=now, state_version=0, phase_changed_at=now, schema_expanded=True,
-        plaintext_columns_present=True, current_key_version=None,
-        instances=tuple(instances), poll_interval_seconds=poll_interval,
+        now=now,
+        state_version=0,
+        phase_changed_at=now,
+        schema_expanded=True,
+        plaintext_columns_present=True,
+        current_key_version=None,
+        instances=tuple(instances),
+        poll_interval_seconds=poll_interval,
     )
     counts: Counter[str] = Counter()
     for i in live_instances(facts):

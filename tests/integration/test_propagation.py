@@ -45,8 +45,10 @@ async def watcher(
     poll = float(kwargs.pop("poll", 0.2))  # type: ignore[arg-type]
     eng = make_engine(database_url, pool_size=2)
     w = PhaseWatcher(
-        eng, make_settings(database_url, poll_interval_seconds=poll),
-        key_versions=frozenset({"v1"}), **kwargs,  # type: ignore[arg-type]
+        eng,
+        make_settings(database_url, poll_interval_seconds=poll),
+        key_versions=frozenset({"v1"}),
+        **kwargs,  # type: ignore[arg-type]
     )
     await w.start()
     try:
@@ -60,9 +62,10 @@ async def test_notify_reaches_two_instances_without_polling(
     engine: AsyncEngine, database_url: URL
 ) -> None:
     # a 60 s poll interval: only NOTIFY can deliver the change before the deadline
-    async with watcher(database_url, poll=60, listen=True) as (a, _), watcher(
-        database_url, poll=60, listen=True
-    ) as (b, _):
+    async with (
+        watcher(database_url, poll=60, listen=True) as (a, _),
+        watcher(database_url, poll=60, listen=True) as (b, _),
+    ):
         assert a.state(NAME).phase is Phase.PLAINTEXT
         version = await move(engine, Phase.DUAL_WRITE)
         assert await a.wait_for_version(NAME, version, timeout=2.0)
@@ -75,9 +78,10 @@ async def test_polling_alone_catches_a_lost_notification(
     engine: AsyncEngine, database_url: URL
 ) -> None:
     poll = 0.3
-    async with watcher(database_url, poll=poll, listen=False) as (a, _), watcher(
-        database_url, poll=poll, listen=False
-    ) as (b, _):
+    async with (
+        watcher(database_url, poll=poll, listen=False) as (a, _),
+        watcher(database_url, poll=poll, listen=False) as (b, _),
+    ):
         version = await move(engine, Phase.DUAL_WRITE, notify=False)
         # one poll interval, plus slack for a loaded machine
         assert await a.wait_for_version(NAME, version, timeout=poll + 1.0)
@@ -91,7 +95,9 @@ async def test_heartbeat_records_what_was_observed_and_stop_removes_it(
         async with engine.connect() as conn:
             [inst] = await store.list_instances(conn, NAME)
         assert (inst.instance_id, inst.observed_phase, inst.observed_version) == (
-            "api-1", Phase.PLAINTEXT, w.state(NAME).version,
+            "api-1",
+            Phase.PLAINTEXT,
+            w.state(NAME).version,
         )
         assert inst.key_versions == frozenset({"v1"})
         version = await move(engine, Phase.DUAL_WRITE)
