@@ -102,14 +102,17 @@ async def gather_facts(
     state: MigrationState,
     settings: Settings,
     keyring_current: str | None,
+    *,
+    coverage: store.Coverage | None = None,
 ) -> Facts:
-    """Everything the guards look at, read on ``conn`` (one full scan of the table for coverage).
+    """Everything the guards look at, read on ``conn`` (one full scan of the table for coverage,
+    unless the caller already has a ``coverage`` from this transaction).
 
     Read events count from ``state.version`` on: the version at which the current phase was
     entered, so mismatches seen before the switch never block ``read_switch -> contract``.
     """
     spec = state.spec
-    cov = await store.coverage(conn, spec)
+    cov = coverage if coverage is not None else await store.coverage(conn, spec)
     events = await store.read_event_totals(conn, state.name, state.version)
     return Facts(
         now=await store.database_now(conn),
