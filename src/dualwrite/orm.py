@@ -97,6 +97,7 @@ class EncryptedTable:
         self.key = self.table.c[spec.primary_key]
         self._field_names = frozenset(spec.field_names)
         self._other = tuple(c.name for c in plain.columns if c.name not in self._field_names)
+        self._key_index = self._other.index(spec.primary_key)
         self._updated_at = updated_at if updated_at and updated_at in plain.c else None
         self._select_cache: dict[
             Behaviour, tuple[tuple[ColumnElement[Any], ...], tuple[str, ...]]
@@ -121,18 +122,23 @@ class EncryptedTable:
     # --- rows --------------------------------------------------------------------------------
 
     def decode_rows(
-        self, behaviour: Behaviour, rows: Sequence[Row[Any]] | Sequence[Sequence[Any]]
+        self,
+        behaviour: Behaviour,
+        rows: Sequence[Row[Any]] | Sequence[Sequence[Any]],
+        fields: Sequence[str] | None = None,
     ) -> list[dict[str, Any]]:
-        """Plain dicts (attribute -> value) of rows selected with :meth:`columns_for`."""
+        """Plain dicts (attribute -> value) of rows selected with :meth:`columns_for`
+        (only ``fields`` of the encrypted fields when given: decode less, filter, then decode
+        the survivors fully)."""
         layout = self.layout(behaviour)
         others = self._other
         n = len(others)
-        key_i = others.index(self.spec.primary_key)
+        key_i = self._key_index
         decode = self.codec.decode
         out = []
         for row in rows:
             item = dict(zip(others, row[:n], strict=True))
-            item.update(decode(layout, row, row_key_of(row[key_i])))
+            item.update(decode(layout, row, row_key_of(row[key_i]), fields))
             out.append(item)
         return out
 
@@ -200,6 +206,22 @@ class EncryptedTable:
         row = (await conn.execute(stmt)).first()
         return None if row is None else self.decode_rows(behaviour, [row])[0]
 
+    async def fetch_rows(
+        self,
+        conn: AsyncConnection,
+        behaviour: Behaviour,
+        *where: ColumnElement[bool],
+        order_by: Any = None,
+        limit: int | None = None,
+    ) -> Sequence[Row[Any]]:
+        """SELECT the rows matching ``where`` in ONE query, undecoded (see :meth:`decode_rows`)."""
+        stmt = self.select(behaviour).where(*where)
+        if order_by is not None:
+            stmt = stmt.order_by(order_by)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        return (await conn.execute(stmt)).all()
+
     async def fetch(
         self,
         conn: AsyncConnection,
@@ -209,12 +231,7 @@ class EncryptedTable:
         limit: int | None = None,
     ) -> list[dict[str, Any]]:
         """SELECT the rows matching ``where`` in ONE query and decode them."""
-        stmt = self.select(behaviour).where(*where)
-        if order_by is not None:
-            stmt = stmt.order_by(order_by)
-        if limit is not None:
-            stmt = stmt.limit(limit)
-        rows = (await conn.execute(stmt)).all()
+        rows = await self.fetch_rows(conn, behaviour, *where, order_by=order_by, limit=limit)
         return self.decode_rows(behaviour, rows)
 
     # --- search -------------------------------------------------------------------------------

@@ -1,0 +1,130 @@
+"""Clients data access: every operation is one statement through `EncryptedTable`.
+
+Each call takes the phase :class:`~dualwrite.phases.Behaviour` observed when the request started,
+so one request never mixes two phases. Choices:
+
+* a soft-deleted client (``is_active = false``) is invisible: single reads, updates, lists and
+  searches see active clients only; a second ``DELETE`` answers 404;
+* workspaces have no table of their own: a workspace exists once it holds a client, so a list
+  or search in a workspace without any client row answers 404 (checked only when the result
+  is empty, so normal requests stay one query);
+* a list or search that hits a value that does not decrypt fails as a whole (HTTP 500): a
+  partial page would silently hide a client.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import exists, func, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from dualwrite.orm import EncryptedTable
+from dualwrite.phases import Behaviour
+
+
+class ClientsRepository:
+    """Create, read, list, search, update and soft-delete clients of one workspace at a time."""
+
+    def __init__(self, engine: AsyncEngine, table: EncryptedTable) -> None:
+        self.engine = engine
+        self.table = table
+        c = table.c
+        self._ws, self._id, self._active = c.workspace_id, c.id, c.is_active
+
+    async def create(
+        self, behaviour: Behaviour, workspace: uuid.UUID, fields: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Insert a client; its id is generated here, before the insert (it is the row key
+        the ciphertexts are bound to)."""
+        now = datetime.now(UTC)
+        values = {
+            **fields,
+            "id": uuid.uuid4(),
+            "workspace_id": workspace,
+            "is_active": True,
+            "created_at": now,
+            "updated_at": now,
+        }
+        async with self.engine.begin() as conn:
+            return await self.table.insert(conn, behaviour, values)
+
+    async def get(
+        self, behaviour: Behaviour, workspace: uuid.UUID, client: uuid.UUID
+    ) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            rows = await self.table.fetch(
+                conn, behaviour, self._id == client, self._ws == workspace, self._active
+            )
+        return rows[0] if rows else None
+
+    async def page(
+        self, behaviour: Behaviour, workspace: uuid.UUID, limit: int, after: uuid.UUID | None
+    ) -> list[dict[str, Any]]:
+        """Up to ``limit`` active clients with ``id > after``, by id (keyset pagination)."""
+        where = [self._ws == workspace, self._active]
+        if after is not None:
+            where.append(self._id > after)
+        async with self.engine.connect() as conn:
+            return await self.table.fetch(conn, behaviour, *where, order_by=self._id, limit=limit)
+
+    async def search_exact(
+        self, behaviour: Behaviour, workspace: uuid.UUID, field: str, value: str, limit: int
+    ) -> list[dict[str, Any]]:
+        """Clients whose ``field`` (email or phone) equals ``value`` after normalisation."""
+        clause = self.table.search_clause(behaviour, field, value)
+        async with self.engine.connect() as conn:
+            rows = await self.table.fetch(
+                conn, behaviour, self._ws == workspace, self._active, clause, order_by=self._id
+            )
+        return [r for r in rows if self.table.matches(field, r[field], value)][:limit]
+
+    async def search_name(
+        self, behaviour: Behaviour, workspace: uuid.UUID, needle: str, limit: int
+    ) -> list[dict[str, Any]]:
+        """Clients whose ``first_name last_name`` contains ``needle`` (case-insensitive).
+
+        Names are encrypted, so this reads the workspace's active clients (one query), decodes
+        their names only, filters here, and decodes the matches fully.
+        """
+        wanted = " ".join(needle.casefold().split())
+        async with self.engine.connect() as conn:
+            rows = await self.table.fetch_rows(
+                conn, behaviour, self._ws == workspace, self._active, order_by=self._id
+            )
+        names = self.table.decode_rows(behaviour, rows, ("first_name", "last_name"))
+        hits = []
+        for row, r in zip(rows, names, strict=True):
+            full = " ".join(f"{r['first_name'] or ''} {r['last_name'] or ''}".casefold().split())
+            if wanted in full:
+                hits.append(row)
+                if len(hits) >= limit:
+                    break
+        return self.table.decode_rows(behaviour, hits)
+
+    async def update(
+        self, behaviour: Behaviour, workspace: uuid.UUID, client: uuid.UUID, changes: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        async with self.engine.begin() as conn:
+            return await self.table.update(
+                conn, behaviour, client, changes, self._ws == workspace, self._active
+            )
+
+    async def deactivate(self, workspace: uuid.UUID, client: uuid.UUID) -> bool:
+        """Soft delete: ``is_active = false`` (no encrypted field is touched). ``False`` if no
+        active client matched."""
+        stmt = (
+            update(self.table.table)
+            .where(self._id == client, self._ws == workspace, self._active)
+            .values(is_active=False, updated_at=func.now())
+            .returning(self._id)
+        )
+        async with self.engine.begin() as conn:
+            return (await conn.execute(stmt)).first() is not None
+
+    async def workspace_exists(self, workspace: uuid.UUID) -> bool:
+        async with self.engine.connect() as conn:
+            found = await conn.execute(select(exists().where(self._ws == workspace)))
+            return bool(found.scalar())
