@@ -1,0 +1,166 @@
+"""``dualwrite phase show|set`` and ``dualwrite finalize`` — phase control straight on the database.
+
+Same guards, compare-and-swap and audit as the admin API (both call
+:mod:`dualwrite.transitions`), so the CLI works with no API running:
+
+    $ dualwrite phase show
+    $ dualwrite phase set clients_pii dual_write --reason "start encryption"
+    $ dualwrite phase set clients_pii read_switch --reason "gate flaky, checked by hand" --force
+    $ dualwrite finalize clients_pii --reason "purge verified"
+
+A refused change exits 1 and lists every failing guard, one per line. The actor recorded in the
+audit log defaults to ``cli:<user>@<host>``.
+"""
+
+from __future__ import annotations
+
+import getpass
+import socket
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from dualwrite import store, transitions
+from dualwrite.cli import app
+from dualwrite.cli._common import cli_errors, console, echo_json, err_console, run_async, settings
+from dualwrite.config import Settings
+from dualwrite.db import open_engine
+from dualwrite.errors import DualwriteError, GuardsFailedError
+from dualwrite.report import state_summary
+from dualwrite.store import MigrationState
+
+phase_app = typer.Typer(help="Show or change the phase of a migration.", no_args_is_help=True)
+
+
+def default_actor() -> str:
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user name in a bare container
+        user = "unknown"
+    return f"cli:{user}@{socket.gethostname()}"
+
+
+def current_key_version(s: Settings) -> str | None:
+    """The configured current key version, or ``None`` (the key guard then explains)."""
+    from dualwrite.crypto import load_keyring
+
+    try:
+        return load_keyring(s).current.version
+    except DualwriteError:
+        return None
+
+
+def refused(exc: GuardsFailedError) -> typer.Exit:
+    """Print the refusal and each failing guard on its own line; exit 1."""
+    head = str(exc).split(": ", 1)[0]
+    err_console.print(f"[red]error:[/red] {head}: {len(exc.failures)} guard(s) failed", markup=True)
+    for failure in exc.failures:
+        err_console.print(f"  - {failure}", markup=False, soft_wrap=True)
+    err_console.print("  (override with --force and a --reason; the audit log keeps it)")
+    return typer.Exit(1)
+
+
+def print_states(states: list[MigrationState]) -> None:
+    table = Table("migration", "table", "phase", "version", "changed at", "reads", "writes")
+    for s in states:
+        b = state_summary(s)["behaviour"]
+        assert isinstance(b, dict)
+        writes = "+".join(
+            w
+            for w, on in (
+                ("plaintext", b["writes_plaintext"]),
+                ("ciphertext", b["writes_ciphertext"]),
+            )
+            if on
+        )
+        table.add_row(
+            s.name,
+            s.table,
+            s.phase.value,
+            str(s.version),
+            s.changed_at.isoformat(timespec="seconds"),
+            str(b["reads_from"]),
+            writes,
+        )
+    console.print(table)
+
+
+@phase_app.command("show")
+@cli_errors
+def show(
+    name: Annotated[str | None, typer.Argument(help="migration (default: all)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Show the phase and version of one or every migration."""
+    s = settings()
+
+    async def go() -> list[MigrationState]:
+        async with open_engine(s) as engine, engine.connect() as conn:
+            if name is not None:
+                return [await store.get_migration(conn, name)]
+            return await store.list_migrations(conn)
+
+    states = run_async(go())
+    if as_json:
+        echo_json([state_summary(st) for st in states])
+    else:
+        print_states(states)
+
+
+async def _change(
+    s: Settings, name: str, target: str, *, actor: str, reason: str | None, force: bool
+) -> MigrationState:
+    async with open_engine(s) as engine:
+        return await transitions.change_phase(
+            engine,
+            name,
+            target,
+            actor=actor,
+            reason=reason,
+            force=force,
+            settings=s,
+            keyring_current=current_key_version(s),
+        )
+
+
+def _run_change(name: str, target: str, reason: str | None, force: bool, actor: str | None) -> None:
+    s = settings()
+    try:
+        new = run_async(
+            _change(s, name, target, actor=actor or default_actor(), reason=reason, force=force)
+        )
+    except GuardsFailedError as exc:
+        raise refused(exc) from None
+    console.print(f"{new.name}: now in {new.phase.value} (version {new.version})")
+
+
+@phase_app.command("set")
+@cli_errors
+def set_phase(
+    name: Annotated[str, typer.Argument(help="migration name, e.g. clients_pii")],
+    target: Annotated[str, typer.Argument(help="phase to move to (one step)")],
+    reason: Annotated[str | None, typer.Option(help="why (kept in the audit log)")] = None,
+    force: Annotated[bool, typer.Option(help="override failing guards (needs --reason)")] = False,
+    actor: Annotated[str | None, typer.Option(help="who (default cli:<user>@<host>)")] = None,
+) -> None:
+    """Move NAME one phase forward or back, if its guards pass (or with --force)."""
+    _run_change(name, target, reason, force, actor)
+
+
+@app.command("finalize")
+@cli_errors
+def finalize(
+    name: Annotated[str, typer.Argument(help="migration name, e.g. clients_pii")],
+    reason: Annotated[str | None, typer.Option(help="why (kept in the audit log)")] = None,
+    force: Annotated[bool, typer.Option(help="override failing guards (needs --reason)")] = False,
+    actor: Annotated[str | None, typer.Option(help="who (default cli:<user>@<host>)")] = None,
+) -> None:
+    """contract -> finalized: apply the contract revision (drops plaintext columns), then move.
+
+    Even with --force, the revision refuses while any row still holds plaintext.
+    """
+    _run_change(name, "finalized", reason, force, actor)
+
+
+app.add_typer(phase_app, name="phase")
