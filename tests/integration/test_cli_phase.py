@@ -129,7 +129,7 @@ def test_status_and_finalize(cli: Callable[..., Result], database_url: URL) -> N
     assert report["moves"]["forward"]["target"] == "dual_write"
     r = cli("status")
     assert r.exit_code == 0, r.output
-    assert "plaintext (version 1" in r.stdout and "next moves" in r.stdout
+    assert "plaintext (version 1, since" in r.stdout and "next moves" in r.stdout
 
     assert_one_error_line(cli("finalize", NAME, "--reason", "too early"), "cannot skip")
 

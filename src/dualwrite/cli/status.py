@@ -24,6 +24,11 @@ from dualwrite.db import open_engine
 from dualwrite.report import migration_report
 
 
+def _short(ts: str | None) -> str:
+    """``2025-01-02T03:04:05.678+00:00`` -> ``2025-01-02 03:04:05`` (reports are in UTC)."""
+    return ts[:19].replace("T", " ") if ts else "-"
+
+
 def _kv(rows: list[tuple[str, str]]) -> Table:
     t = Table.grid(padding=(0, 2))
     t.add_column(style="bold")
@@ -43,21 +48,23 @@ def render(report: dict[str, Any]) -> Panel:
     verification = (
         "none"
         if ver is None
-        else f"{'full' if ver['full'] else 'sample'} at {ver['finished_at']} in {ver['phase']}: "
+        else f"{'full' if ver['full'] else 'sample'} at {_short(ver['finished_at'])} "
+        f"in {ver['phase']}: "
         f"{ver['mismatches']} mismatches, {ver['missing']} missing, "
         f"{ver['undecryptable']} undecryptable"
     )
     gate_text = (
         "none"
         if gate is None
-        else f"{'passed' if gate['passed'] else 'FAILED'} at {gate['finished_at']} "
+        else f"{'passed' if gate['passed'] else 'FAILED'} at {_short(gate['finished_at'])} "
         f"in {gate['phase']}"
     )
     summary = _kv(
         [
             (
                 "phase",
-                f"{report['phase']} (version {report['version']}, since {report['changed_at']})",
+                f"{report['phase']} (version {report['version']}, "
+                f"since {_short(report['changed_at'])})",
             ),
             (
                 "reads / writes",
@@ -71,7 +78,7 @@ def render(report: dict[str, Any]) -> Panel:
             ),
             (
                 "backfill",
-                f"done: {done}; remaining: {remaining}; finished: {bf['finished_at'] or 'no'}",
+                f"done: {done}; remaining: {remaining}; finished: {_short(bf['finished_at'])}",
             ),
             ("backfill knobs", knobs),
             ("verification", verification),
@@ -86,7 +93,7 @@ def render(report: dict[str, Any]) -> Panel:
             i["instance_id"],
             f"{i['observed_phase']} v{i['observed_version']}",
             ",".join(i["key_versions"]),
-            i["last_seen"],
+            _short(i["last_seen"]),
             "yes" if i["live"] else "no",
         )
     moves = Table("move", "guard", "ok", "reason", title="next moves", title_justify="left")
