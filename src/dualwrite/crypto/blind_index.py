@@ -85,7 +85,7 @@ class BlindIndex:
 
         >>> BlindIndex.normalize("  Ada@EXAMPLE.com", "email")
         'ada@example.com'
-        >>> BlindIndex.normalize("０３０-１２３", "phone")
+        >>> BlindIndex.normalize("\uff10\uff13\uff10-\uff11\uff12\uff13", "phone")  # full-width
         '030123'
         """
         if not isinstance(value, str):
@@ -117,7 +117,7 @@ class BlindIndex:
             raise ValueError("blind index value is not valid Unicode (lone surrogate)") from None
         return hmac.digest(self._key, message, "sha256")[: self.length]
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> str | tuple[object, ...]:
         raise TypeError("BlindIndex cannot be pickled (it would copy key material)")
 
     def __repr__(self) -> str:

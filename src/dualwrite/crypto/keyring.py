@@ -3,9 +3,9 @@
 A :class:`DataKey` is one AES-256 key with a version label (``v1``, ``v2``, ...) and dates; a
 :class:`Keyring` holds every version this process may decrypt with and names exactly one
 *current* version, the one new values are encrypted with. Keys come from a :class:`KeyProvider`:
-:class:`EnvKeyProvider` reads ``ENCRYPTION_KEY`` / ``ENCRYPTION_KEYS`` from :class:`Settings`,
-:class:`FileKeyProvider` reads an ``ENCRYPTION_KEYS_FILE`` JSON document, and a secrets manager
-can be added by writing any object with a ``load() -> Keyring`` method.
+:class:`EnvKeyProvider` reads ``ENCRYPTION_KEY`` / ``ENCRYPTION_KEYS`` from the settings,
+:class:`FileKeyProvider` an ``ENCRYPTION_KEYS_FILE`` JSON document; a secrets manager plugs in
+as any object with a ``load() -> Keyring`` method (``load_keyring(settings, provider=...)``).
 
 >>> import base64
 >>> k1, k2 = base64.b64decode(generate_key()), base64.b64decode(generate_key())
@@ -17,23 +17,22 @@ Traceback (most recent call last):
     ...
 dualwrite.errors.MissingKeyError: key version v7 is not in the keyring (holds v1, v2)
 
-Key material never shows in a ``repr``, a ``str`` or an error message; messages about malformed
-keys name the variable and the problem only. This module does no I/O except
-:class:`FileKeyProvider` reading the one file it is given.
+Key material never shows in a ``repr``, a ``str`` or an error message: messages about malformed
+keys name the variable and the problem only. The only I/O here is :class:`FileKeyProvider`
+reading the one file it is given.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import json
 import os
 import re
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, runtime_checkable
 
 from dualwrite.errors import KeyringError, MissingKeyError
 
@@ -57,11 +56,9 @@ __all__ = [
 KEY_BYTES = 32
 DEFAULT_LIFETIME_DAYS = 90
 _VERSION = re.compile(r"v[1-9][0-9]{0,5}")
-_LABEL_HELP = "expected v1, v2, ... (v then a number without leading zero, at most 6 digits)"
-_NO_KEY = (
-    "no encryption key configured: set ENCRYPTION_KEY "
-    "(make one with `dualwrite keys generate`)"
-)
+_LABEL_HELP = "expected v1, v2, ...: 'v' and a number without leading zero, at most 6 digits"
+_MAKE_ONE = "make one with `dualwrite keys generate`"
+_NO_KEY = f"no encryption key configured: set ENCRYPTION_KEY ({_MAKE_ONE})"
 
 
 def is_version_label(label: object) -> bool:
@@ -73,7 +70,14 @@ def is_version_label(label: object) -> bool:
     return isinstance(label, str) and _VERSION.fullmatch(label) is not None
 
 
-def _utc(value: datetime, what: str) -> datetime:
+def _shown(label: object) -> str:
+    """A label fit for a message: valid labels as they are, anything else never echoed."""
+    return label if isinstance(label, str) and is_version_label(label) else "(invalid label)"
+
+
+def _utc(value: datetime | None, what: str) -> datetime:
+    if value is None:
+        return datetime.now(UTC)
     if value.tzinfo is None or value.utcoffset() is None:
         raise KeyringError(f"{what} must be timezone-aware")
     return value.astimezone(UTC)
@@ -82,21 +86,20 @@ def _utc(value: datetime, what: str) -> datetime:
 class DataKey:
     """One versioned AES-256 data key. Immutable; its 32 bytes never show in ``repr``/``str``.
 
-    ``expires_at`` defaults to ``created_at`` + ``lifetime_days`` (90), ``created_at`` to now.
+    ``created_at`` defaults to now, ``expires_at`` to ``created_at`` + ``lifetime_days`` (90).
 
-    >>> from datetime import datetime, UTC
     >>> key = DataKey("v2", bytes(32), created_at=datetime(2025, 1, 1, tzinfo=UTC))
     >>> key
-    DataKey(version='v2', created_at='2025-01-01T00:00:00+00:00', expires_at='2025-04-01T00:00:00+00:00')
-    >>> key.number
-    2
+    DataKey(version='v2', expires_at='2025-04-01T00:00:00+00:00')
+    >>> key.number, key.created_at.year
+    (2, 2025)
     """
 
     __slots__ = ("_material", "created_at", "expires_at", "number", "version")
 
-    version: str
-    number: int
-    created_at: datetime
+    version: str  # "v2"
+    number: int  # 2
+    created_at: datetime  # timezone-aware, UTC
     expires_at: datetime
     _material: bytes
 
@@ -111,65 +114,40 @@ class DataKey:
     ) -> None:
         if not is_version_label(version):
             raise KeyringError(f"bad key version label ({_LABEL_HELP})")
-        if not isinstance(material, bytes | bytearray | memoryview):
-            raise KeyringError(f"key {version} material must be bytes")
-        material = bytes(material)
-        if len(material) != KEY_BYTES:
-            raise KeyringError(
-                f"key {version} must be {KEY_BYTES} bytes (got {len(material)} bytes)"
-            )
-        created = _utc(created_at, "created_at") if created_at else datetime.now(UTC)
-        if expires_at is None:
-            if lifetime_days < 1:
-                raise KeyringError("key lifetime must be at least 1 day")
-            expires = created + timedelta(days=lifetime_days)
-        else:
-            expires = _utc(expires_at, "expires_at")
+        if not isinstance(material, bytes | bytearray) or len(material) != KEY_BYTES:
+            size = len(material) if isinstance(material, bytes | bytearray) else "non-bytes"
+            raise KeyringError(f"key {version} must be {KEY_BYTES} bytes (got {size})")
+        created = _utc(created_at, "created_at")
+        if expires_at is None and lifetime_days < 1:
+            raise KeyringError("key lifetime must be at least 1 day")
+        expires = (
+            created + timedelta(days=lifetime_days)
+            if expires_at is None
+            else _utc(expires_at, "expires_at")
+        )
         if expires <= created:
-            raise KeyringError(f"key {version} expires_at must be after created_at")
-        setter = object.__setattr__
-        setter(self, "version", version)
-        setter(self, "number", int(version[1:]))
-        setter(self, "created_at", created)
-        setter(self, "expires_at", expires)
-        setter(self, "_material", material)
+            raise KeyringError(f"key {version}: expires_at must be after created_at")
+        for name, value in (
+            ("version", version),
+            ("number", int(version[1:])),
+            ("created_at", created),
+            ("expires_at", expires),
+            ("_material", bytes(material)),
+        ):
+            object.__setattr__(self, name, value)
 
     def reveal(self) -> bytes:
         """The raw 32 key bytes. Only the cipher should call this; never log the result."""
         return self._material
 
-    def days_left(self, now: datetime | None = None) -> float:
-        """Days until expiry (negative once expired)."""
-        now = _utc(now, "now") if now else datetime.now(UTC)
-        return (self.expires_at - now).total_seconds() / 86_400
-
-    def __setattr__(self, name: str, value: object) -> None:
+    def __setattr__(self, name: str, value: object) -> NoReturn:
         raise AttributeError("DataKey is immutable")
 
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError("DataKey is immutable")
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, DataKey):
-            return NotImplemented
-        return (
-            self.version == other.version
-            and self.created_at == other.created_at
-            and self.expires_at == other.expires_at
-            and hmac.compare_digest(self._material, other._material)
-        )
-
-    def __hash__(self) -> int:
-        return hash((self.version, self.created_at))
-
-    def __reduce__(self) -> Any:
+    def __reduce__(self) -> NoReturn:
         raise TypeError("DataKey cannot be pickled (it would copy key material)")
 
     def __repr__(self) -> str:
-        return (
-            f"DataKey(version={self.version!r}, created_at={self.created_at.isoformat()!r}, "
-            f"expires_at={self.expires_at.isoformat()!r})"
-        )
+        return f"DataKey(version={self.version!r}, expires_at={self.expires_at.isoformat()!r})"
 
     __str__ = __repr__
 
@@ -177,14 +155,13 @@ class DataKey:
 class Keyring:
     """Every key version this process holds, with exactly one current (encrypting) version.
 
-    ``current`` defaults to the highest version. ``source`` says where the keys came from
-    (shown by ``dualwrite keys list``).
+    ``current`` defaults to the highest version; ``source`` says where the keys came from.
 
     >>> ring = Keyring([DataKey("v1", bytes(32)), DataKey("v3", bytes(range(32)))], current="v1")
     >>> ring
     Keyring(versions=('v1', 'v3'), current='v1', source='memory')
-    >>> "v3" in ring, len(ring)
-    (True, 2)
+    >>> "v3" in ring, len(ring), [k.version for k in ring]
+    (True, 2, ['v1', 'v3'])
     """
 
     __slots__ = ("_current", "_keys", "source")
@@ -201,16 +178,14 @@ class Keyring:
             by_version[key.version] = key
         if not by_version:
             raise MissingKeyError(_NO_KEY)
-        ordered = sorted(by_version.values(), key=lambda k: k.number)
+        self._keys = dict(sorted(by_version.items(), key=lambda item: item[1].number))
         if current is None:
-            current = ordered[-1].version
+            current = next(reversed(self._keys))
         elif current not in by_version:
-            shown = current if is_version_label(current) else "(invalid label)"
             raise KeyringError(
-                f"current key version {shown} is not in the keyring "
-                f"(holds {', '.join(k.version for k in ordered)})"
+                f"current key version {_shown(current)} is not in the keyring "
+                f"(holds {', '.join(self._keys)})"
             )
-        self._keys = {k.version: k for k in ordered}
         self._current = by_version[current]
         self.source = source
 
@@ -219,9 +194,9 @@ class Keyring:
         try:
             return self._keys[version]
         except (KeyError, TypeError):
-            shown = version if is_version_label(version) else "(invalid label)"
             raise MissingKeyError(
-                f"key version {shown} is not in the keyring (holds {', '.join(self._keys)})"
+                f"key version {_shown(version)} is not in the keyring "
+                f"(holds {', '.join(self._keys)})"
             ) from None
 
     @property
@@ -234,27 +209,21 @@ class Keyring:
         """Every held version label, sorted by number (``v2`` before ``v10``)."""
         return tuple(self._keys)
 
-    @property
-    def keys(self) -> tuple[DataKey, ...]:
-        """Every held key, sorted by version number."""
-        return tuple(self._keys.values())
-
     def expiring(self, within: timedelta, now: datetime | None = None) -> list[DataKey]:
         """Keys that expire within ``within`` of ``now`` (already expired ones included).
 
-        >>> from datetime import datetime, timedelta, UTC
         >>> t0 = datetime(2025, 1, 1, tzinfo=UTC)
         >>> ring = Keyring([DataKey("v1", bytes(32), created_at=t0, lifetime_days=10)])
         >>> ring.expiring(timedelta(days=3), now=t0 + timedelta(days=8))
-        [DataKey(version='v1', created_at='2025-01-01T00:00:00+00:00', expires_at='2025-01-11T00:00:00+00:00')]
+        [DataKey(version='v1', expires_at='2025-01-11T00:00:00+00:00')]
         >>> ring.expiring(timedelta(days=3), now=t0)
         []
         """
-        limit = (_utc(now, "now") if now else datetime.now(UTC)) + within
+        limit = _utc(now, "now") + within
         return [k for k in self._keys.values() if k.expires_at <= limit]
 
     def with_key(self, key: DataKey, *, make_current: bool = False) -> Keyring:
-        """A new keyring with ``key`` added (rotation: ``ring.with_key(new, make_current=True)``)."""
+        """A new keyring with ``key`` added (``make_current=True`` to rotate to it)."""
         current = key.version if make_current else self._current.version
         return Keyring([*self._keys.values(), key], current, source=self.source)
 
@@ -267,9 +236,6 @@ class Keyring:
     def __len__(self) -> int:
         return len(self._keys)
 
-    def __reduce__(self) -> Any:
-        raise TypeError("Keyring cannot be pickled (it would copy key material)")
-
     def __repr__(self) -> str:
         return (
             f"Keyring(versions={self.versions!r}, current={self._current.version!r}, "
@@ -279,56 +245,74 @@ class Keyring:
     __str__ = __repr__
 
 
-# --- decoding helpers (messages name the variable, never the value) --------------------------
+# --- parsing helpers: messages name the variable and the problem, never the value ------------
 
 
-def _decode_b64(text: str, where: str, *, exact: int | None = KEY_BYTES, minimum: int = 0) -> bytes:
-    compact = "".join(text.split()).translate(str.maketrans("-_", "+/"))
+def _decode_b64(text: str, where: str, *, exact: int | None = KEY_BYTES) -> bytes:
+    compact = "".join(text.split()).translate(str.maketrans("-_", "+/"))  # url-safe accepted
     try:
         raw = base64.b64decode(compact, validate=True)
     except (binascii.Error, ValueError):
-        raise KeyringError(
-            f"{where} is not valid base64 (make one with `dualwrite keys generate`)"
-        ) from None
+        raise KeyringError(f"{where} is not valid base64 ({_MAKE_ONE})") from None
     if exact is not None and len(raw) != exact:
         raise KeyringError(
-            f"{where} has the wrong length: must be {exact} bytes, got {len(raw)} bytes "
-            "(make one with `dualwrite keys generate`)"
+            f"{where} has the wrong length: must be {exact} bytes, got {len(raw)} ({_MAKE_ONE})"
         )
-    if len(raw) < minimum:
-        raise KeyringError(
-            f"{where} is too short: must be at least {minimum} bytes, got {len(raw)} bytes"
-        )
+    if len(raw) < KEY_BYTES:
+        raise KeyringError(f"{where} is too short: must be at least {KEY_BYTES} bytes")
     return raw
 
 
-def _check_label(label: str, where: str) -> str:
-    if not is_version_label(label):
+def _check_label(label: object, where: str) -> str:
+    if not isinstance(label, str) or not is_version_label(label):
         raise KeyringError(f"{where} has a bad version label ({_LABEL_HELP})")
     return label
 
 
-def _no_duplicate_material(keys: list[DataKey], where: str) -> None:
-    seen: dict[bytes, str] = {}
+def _assemble(
+    keys: list[DataKey], current: object, *, where: str, current_where: str, source: str
+) -> Keyring:
+    """Checks shared by the multi-key sources, with messages naming the variable."""
+    if not keys:
+        raise KeyringError(f"{where} lists no keys")
+    labels: set[str] = set()
+    materials: dict[bytes, str] = {}
     for key in keys:
-        other = seen.setdefault(key.reveal(), key.version)
+        if key.version in labels:
+            raise KeyringError(f"{where} lists version {key.version} twice")
+        labels.add(key.version)
+        other = materials.setdefault(key.reveal(), key.version)
         if other != key.version:
             raise KeyringError(f"{where}: versions {other} and {key.version} hold the same key")
+    if current is not None:
+        label = _check_label(current, current_where)
+        if label not in labels:
+            held = ", ".join(sorted(labels, key=lambda v: int(v[1:])))
+            raise KeyringError(f"{current_where} {label} is not in {where} (holds {held})")
+    return Keyring(keys, current if isinstance(current, str) else None, source=source)
 
 
 def _secret(value: Any) -> str:
     """The text of a SecretStr / str setting; '' when unset."""
-    if value is None:
-        return ""
-    if hasattr(value, "get_secret_value"):
+    if value is not None and hasattr(value, "get_secret_value"):
         value = value.get_secret_value()
-    return str(value).strip()
+    return "" if value is None else str(value).strip()
 
 
 def _file_setting(value: Any) -> Path | None:
-    if value is None or str(value).strip() in ("", "."):
+    return None if value is None or str(value).strip() in ("", ".") else Path(value)
+
+
+def _parse_time(value: object, where: str) -> datetime | None:
+    if value is None:
         return None
-    return Path(value)
+    try:
+        parsed = datetime.fromisoformat(str(value).strip()) if isinstance(value, str) else None
+    except ValueError:
+        parsed = None
+    if parsed is None:
+        raise KeyringError(f"{where} is not an ISO 8601 date/time string")
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
 
 
 # --- providers -------------------------------------------------------------------------------
@@ -363,57 +347,30 @@ class EnvKeyProvider:
     def load(self) -> Keyring:
         s = self._settings
         single, many = _secret(s.encryption_key), _secret(s.encryption_keys)
-        lifetime = int(s.key_lifetime_days)
-        now = _utc(self._now, "now") if self._now else datetime.now(UTC)
-        current_setting = (s.encryption_current_key or "").strip() or None
         if single and many:
             raise KeyringError("set ENCRYPTION_KEY or ENCRYPTION_KEYS, not both")
+        if not (single or many):
+            raise MissingKeyError(_NO_KEY)
+        source = "ENCRYPTION_KEY" if single else "ENCRYPTION_KEYS"
+        entries: list[tuple[str, str, str]] = []  # (label, base64, where)
         if single:
-            version = _check_label(
-                (s.encryption_key_version or "v1").strip(), "ENCRYPTION_KEY_VERSION"
-            )
-            material = _decode_b64(single, "ENCRYPTION_KEY")
-            if current_setting is not None and current_setting != version:
-                _check_label(current_setting, "ENCRYPTION_CURRENT_KEY")
-                raise KeyringError(
-                    f"ENCRYPTION_CURRENT_KEY={current_setting} names no configured key "
-                    f"(ENCRYPTION_KEY is version {version})"
-                )
-            key = DataKey(version, material, created_at=now, lifetime_days=lifetime)
-            return Keyring([key], source="ENCRYPTION_KEY")
-        if many:
-            return self._load_many(many, current_setting, now, lifetime)
-        raise MissingKeyError(_NO_KEY)
-
-    @staticmethod
-    def _load_many(text: str, current: str | None, now: datetime, lifetime: int) -> Keyring:
-        keys: list[DataKey] = []
-        entries = [e for e in re.split(r"[,\s]+", text) if e]
-        for n, entry in enumerate(entries, start=1):
+            version = (s.encryption_key_version or "v1").strip()
+            entries.append((_check_label(version, "ENCRYPTION_KEY_VERSION"), single, source))
+        for n, entry in enumerate((e for e in re.split(r"[,\s]+", many) if e), start=1):
             label, sep, b64 = entry.partition("=")
             where = f"ENCRYPTION_KEYS entry {n}"
             if not sep:
                 raise KeyringError(f"{where} is not of the form v<N>=<base64 key>")
-            _check_label(label, where)
-            if any(k.version == label for k in keys):
-                raise KeyringError(f"ENCRYPTION_KEYS lists version {label} twice")
-            material = _decode_b64(b64, f"{where} ({label})")
-            keys.append(DataKey(label, material, created_at=now, lifetime_days=lifetime))
-        if not keys:
-            raise MissingKeyError(_NO_KEY)
-        _no_duplicate_material(keys, "ENCRYPTION_KEYS")
-        if current is not None:
-            _check_label(current, "ENCRYPTION_CURRENT_KEY")
-            if all(k.version != current for k in keys):
-                raise KeyringError(
-                    f"ENCRYPTION_CURRENT_KEY={current} is not in ENCRYPTION_KEYS "
-                    f"(holds {', '.join(sorted((k.version for k in keys), key=_number))})"
-                )
-        return Keyring(keys, current, source="ENCRYPTION_KEYS")
-
-
-def _number(label: str) -> int:
-    return int(label[1:])
+            entries.append((_check_label(label, where), b64, f"{where} ({label})"))
+        now, lifetime = _utc(self._now, "now"), int(s.key_lifetime_days)
+        keys = [
+            DataKey(label, _decode_b64(b64, where), created_at=now, lifetime_days=lifetime)
+            for label, b64, where in entries
+        ]
+        current = (s.encryption_current_key or "").strip() or None
+        return _assemble(
+            keys, current, where=source, current_where="ENCRYPTION_CURRENT_KEY", source=source
+        )
 
 
 class FileKeyProvider:
@@ -424,9 +381,8 @@ class FileKeyProvider:
                    "expires_at": "2025-04-01T00:00:00Z"},
                   {"version": "v2", "key": "<b64>", "created_at": "2025-03-20T00:00:00Z"}]}
 
-    ``current`` defaults to the highest version; ``created_at`` to the load time; ``expires_at``
-    to ``created_at`` + ``lifetime_days``. Dates without a zone are UTC. Reading the file is
-    the only I/O in this module.
+    ``current`` defaults to the highest version, ``created_at`` to the load time, ``expires_at``
+    to ``created_at`` + ``lifetime_days``. Dates without a zone are UTC.
     """
 
     def __init__(
@@ -443,13 +399,13 @@ class FileKeyProvider:
     def load(self) -> Keyring:
         where = f"ENCRYPTION_KEYS_FILE {self.path}"
         try:
-            text = self.path.read_text(encoding="utf-8")
+            doc = json.loads(self.path.read_text(encoding="utf-8"))
         except OSError as exc:
-            raise KeyringError(f"{where}: cannot read ({exc.strerror or type(exc).__name__})") from None
+            raise KeyringError(
+                f"{where}: cannot read ({exc.strerror or type(exc).__name__})"
+            ) from None
         except UnicodeDecodeError:
             raise KeyringError(f"{where}: not UTF-8 text") from None
-        try:
-            doc = json.loads(text)
         except json.JSONDecodeError as exc:
             raise KeyringError(f"{where}: not valid JSON (line {exc.lineno})") from None
         return self.parse(doc, where=where)
@@ -458,22 +414,16 @@ class FileKeyProvider:
         """Build the keyring from an already-decoded JSON document (see the class docstring)."""
         if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
             raise KeyringError(f'{where}: expected an object with a "keys" list')
-        now = _utc(self._now, "now") if self._now else datetime.now(UTC)
+        now = _utc(self._now, "now")
         keys: list[DataKey] = []
         for n, item in enumerate(doc["keys"]):
             at = f"{where}: keys[{n}]"
             if not isinstance(item, dict):
                 raise KeyringError(f"{at} is not an object")
-            label = item.get("version")
-            if not isinstance(label, str):
-                raise KeyringError(f'{at} needs a "version" string')
-            _check_label(label, f"{at}.version")
-            if any(k.version == label for k in keys):
-                raise KeyringError(f"{where}: version {label} is listed twice")
-            b64 = item.get("key")
-            if not isinstance(b64, str):
+            label = _check_label(item.get("version"), f"{at}.version")
+            if not isinstance(item.get("key"), str):
                 raise KeyringError(f'{at} ({label}) needs a "key" string (base64)')
-            material = _decode_b64(b64, f"{at}.key ({label})")
+            material = _decode_b64(item["key"], f"{at}.key ({label})")
             created = _parse_time(item.get("created_at"), f"{at}.created_at") or now
             expires = _parse_time(item.get("expires_at"), f"{at}.expires_at")
             if expires is not None and expires <= created:
@@ -487,31 +437,13 @@ class FileKeyProvider:
                     lifetime_days=self._lifetime,
                 )
             )
-        if not keys:
-            raise KeyringError(f'{where}: the "keys" list is empty')
-        _no_duplicate_material(keys, where)
-        current = doc.get("current")
-        if current is not None:
-            if not isinstance(current, str):
-                raise KeyringError(f'{where}: "current" must be a version string')
-            _check_label(current, f'{where}: "current"')
-            if all(k.version != current for k in keys):
-                raise KeyringError(f'{where}: "current" version {current} is not in "keys"')
-        return Keyring(keys, current, source=f"ENCRYPTION_KEYS_FILE ({self.path})")
-
-
-def _parse_time(value: Any, where: str) -> datetime | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise KeyringError(f"{where} must be an ISO 8601 string")
-    try:
-        parsed = datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise KeyringError(f"{where} is not an ISO 8601 date/time") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+        return _assemble(
+            keys,
+            doc.get("current"),
+            where=where,
+            current_where=f'{where}: "current"',
+            source=f"ENCRYPTION_KEYS_FILE ({self.path})",
+        )
 
 
 # --- entry points ----------------------------------------------------------------------------
@@ -528,12 +460,13 @@ def load_keyring(
     """
     if provider is not None:
         return provider.load()
+    path = _file_setting(settings.encryption_keys_file)
     sources = [
         name
         for name, present in (
             ("ENCRYPTION_KEY", bool(_secret(settings.encryption_key))),
             ("ENCRYPTION_KEYS", bool(_secret(settings.encryption_keys))),
-            ("ENCRYPTION_KEYS_FILE", _file_setting(settings.encryption_keys_file) is not None),
+            ("ENCRYPTION_KEYS_FILE", path is not None),
         )
         if present
     ]
@@ -541,9 +474,7 @@ def load_keyring(
         raise MissingKeyError(_NO_KEY)
     if len(sources) > 1:
         raise KeyringError(f"more than one key source is set ({', '.join(sources)}); set one")
-    if sources[0] == "ENCRYPTION_KEYS_FILE":
-        path = _file_setting(settings.encryption_keys_file)
-        assert path is not None
+    if path is not None:
         return FileKeyProvider(path, lifetime_days=settings.key_lifetime_days, now=now).load()
     return EnvKeyProvider(settings, now=now).load()
 
@@ -565,4 +496,4 @@ def load_blind_index_key(settings: Settings) -> bytes:
             "no blind index key configured: set BLIND_INDEX_KEY "
             "(make one with `dualwrite keys generate --blind-index`)"
         )
-    return _decode_b64(text, "BLIND_INDEX_KEY", exact=None, minimum=KEY_BYTES)
+    return _decode_b64(text, "BLIND_INDEX_KEY", exact=None)
