@@ -21,6 +21,7 @@ every request that needs a key is refused with 503 and the reason.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -111,9 +112,15 @@ def create_app(settings: Settings | None = None, *, metrics: Metrics | None = No
                 unavailable_reason=reason,
             )
             table = EncryptedTable(CLIENTS, codec)
-            app.state.services = Services(
-                settings, watcher, ClientsRepository(engine, table), spec.name
-            )
+            tasks: set[asyncio.Task[None]] = set()
+
+            def refresh_soon() -> None:  # the contract revision dropped the plaintext columns
+                task = asyncio.get_running_loop().create_task(watcher.refresh())
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+
+            repository = ClientsRepository(engine, table, on_columns_dropped=refresh_soon)
+            app.state.services = Services(settings, watcher, repository, spec.name)
             app.state.watcher, app.state.codec, app.state.engine = watcher, codec, engine
             current = keyring.current.version if keyring else None
             admin = AdminContext(engine, settings, keyring_current=current, watcher=watcher)

@@ -9,30 +9,55 @@ so one request never mixes two phases. Choices:
   or search in a workspace without any client row answers 404 (checked only when the result
   is empty, so normal requests stay one query);
 * a list or search that hits a value that does not decrypt fails as a whole (HTTP 500): a
-  partial page would silently hide a client.
+  partial page would silently hide a client;
+* finalizing drops the plaintext columns while instances still run ``contract``: an operation
+  that fails on the missing columns is retried once without them
+  (:func:`dualwrite.orm.plaintext_columns_dropped`) and ``on_columns_dropped`` is called (the
+  app asks its watcher to refresh), so finalizing fails no request.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import exists, func, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from dualwrite.orm import EncryptedTable
+from dualwrite.orm import EncryptedTable, plaintext_columns_dropped, without_plaintext_columns
 from dualwrite.phases import Behaviour
+
+T = TypeVar("T")
 
 
 class ClientsRepository:
     """Create, read, list, search, update and soft-delete clients of one workspace at a time."""
 
-    def __init__(self, engine: AsyncEngine, table: EncryptedTable) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        table: EncryptedTable,
+        on_columns_dropped: Callable[[], None] | None = None,
+    ) -> None:
         self.engine = engine
         self.table = table
+        self.on_columns_dropped = on_columns_dropped
         c = table.c
         self._ws, self._id, self._active = c.workspace_id, c.id, c.is_active
+
+    async def _run(self, behaviour: Behaviour, op: Callable[[Behaviour], Awaitable[T]]) -> T:
+        """``op(behaviour)``, retried once without plaintext columns if they were just dropped."""
+        try:
+            return await op(behaviour)
+        except DBAPIError as exc:
+            if not plaintext_columns_dropped(behaviour, exc):
+                raise
+        if self.on_columns_dropped is not None:
+            self.on_columns_dropped()
+        return await op(without_plaintext_columns(behaviour))
 
     async def create(
         self, behaviour: Behaviour, workspace: uuid.UUID, fields: dict[str, Any]
@@ -48,17 +73,25 @@ class ClientsRepository:
             "created_at": now,
             "updated_at": now,
         }
-        async with self.engine.begin() as conn:
-            return await self.table.insert(conn, behaviour, values)
+
+        async def op(b: Behaviour) -> dict[str, Any]:
+            async with self.engine.begin() as conn:
+                return await self.table.insert(conn, b, values)
+
+        return await self._run(behaviour, op)
 
     async def get(
         self, behaviour: Behaviour, workspace: uuid.UUID, client: uuid.UUID
     ) -> dict[str, Any] | None:
-        async with self.engine.connect() as conn:
-            rows = await self.table.fetch(
-                conn, behaviour, self._id == client, self._ws == workspace, self._active
-            )
+        where = (self._id == client, self._ws == workspace, self._active)
+        rows = await self._run(behaviour, lambda b: self._fetch(b, where))
         return rows[0] if rows else None
+
+    async def _fetch(
+        self, b: Behaviour, where: Any, order_by: Any = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            return await self.table.fetch(conn, b, *where, order_by=order_by, limit=limit)
 
     async def page(
         self, behaviour: Behaviour, workspace: uuid.UUID, limit: int, after: uuid.UUID | None
@@ -67,18 +100,21 @@ class ClientsRepository:
         where = [self._ws == workspace, self._active]
         if after is not None:
             where.append(self._id > after)
-        async with self.engine.connect() as conn:
-            return await self.table.fetch(conn, behaviour, *where, order_by=self._id, limit=limit)
+        return await self._run(
+            behaviour, lambda b: self._fetch(b, where, order_by=self._id, limit=limit)
+        )
 
     async def search_exact(
         self, behaviour: Behaviour, workspace: uuid.UUID, field: str, value: str, limit: int
     ) -> list[dict[str, Any]]:
         """Clients whose ``field`` (email or phone) equals ``value`` after normalisation."""
-        clause = self.table.search_clause(behaviour, field, value)
-        async with self.engine.connect() as conn:
-            rows = await self.table.fetch(
-                conn, behaviour, self._ws == workspace, self._active, clause, order_by=self._id
-            )
+
+        def op(b: Behaviour) -> Awaitable[list[dict[str, Any]]]:
+            clause = self.table.search_clause(b, field, value)
+            where = (self._ws == workspace, self._active, clause)
+            return self._fetch(b, where, order_by=self._id)
+
+        rows = await self._run(behaviour, op)
         return [r for r in rows if self.table.matches(field, r[field], value)][:limit]
 
     async def search_name(
@@ -90,10 +126,13 @@ class ClientsRepository:
         their names only, filters here, and decodes the matches fully.
         """
         wanted = " ".join(needle.casefold().split())
-        async with self.engine.connect() as conn:
-            rows = await self.table.fetch_rows(
-                conn, behaviour, self._ws == workspace, self._active, order_by=self._id
-            )
+
+        async def op(b: Behaviour) -> tuple[Behaviour, Sequence[Any]]:
+            async with self.engine.connect() as conn:
+                where = (self._ws == workspace, self._active)
+                return b, await self.table.fetch_rows(conn, b, *where, order_by=self._id)
+
+        behaviour, rows = await self._run(behaviour, op)
         names = self.table.decode_rows(behaviour, rows, ("first_name", "last_name"))
         hits = []
         for row, r in zip(rows, names, strict=True):
@@ -107,10 +146,13 @@ class ClientsRepository:
     async def update(
         self, behaviour: Behaviour, workspace: uuid.UUID, client: uuid.UUID, changes: dict[str, Any]
     ) -> dict[str, Any] | None:
-        async with self.engine.begin() as conn:
-            return await self.table.update(
-                conn, behaviour, client, changes, self._ws == workspace, self._active
-            )
+
+        async def op(b: Behaviour) -> dict[str, Any] | None:
+            async with self.engine.begin() as conn:
+                where = (self._ws == workspace, self._active)
+                return await self.table.update(conn, b, client, changes, *where)
+
+        return await self._run(behaviour, op)
 
     async def deactivate(self, workspace: uuid.UUID, client: uuid.UUID) -> bool:
         """Soft delete: ``is_active = false`` (no encrypted field is touched). ``False`` if no

@@ -33,6 +33,7 @@ re-checks the decoded rows with the exact rule, so every phase answers the same 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -59,7 +60,46 @@ from dualwrite.crypto import BlindIndex, row_key_of
 from dualwrite.phases import Behaviour
 from dualwrite.spec import MigrationSpec
 
-__all__ = ["EncryptedTable", "plain_table_of"]
+__all__ = [
+    "EncryptedTable",
+    "plain_table_of",
+    "plaintext_columns_dropped",
+    "without_plaintext_columns",
+]
+
+_UNDEFINED_COLUMN = "42703"
+
+
+def plaintext_columns_dropped(behaviour: Behaviour, exc: BaseException) -> bool:
+    """Whether ``exc`` is PostgreSQL's "column does not exist" in a phase that no longer
+    writes plaintext but still expects its columns (``contract``): the contract revision has
+    just dropped them and this instance has not observed ``finalized`` yet.
+
+    The caller then retries once (in a new transaction) with
+    :func:`without_plaintext_columns`, so finalizing causes no failed request.
+    """
+    if not behaviour.plaintext_column_exists or behaviour.writes_plaintext:
+        return False
+    orig = getattr(exc, "orig", None)
+    return getattr(orig, "sqlstate", None) == _UNDEFINED_COLUMN
+
+
+def without_plaintext_columns(behaviour: Behaviour) -> Behaviour:
+    """``behaviour`` minus everything that touches the plaintext columns.
+
+    >>> from dualwrite.phases import behaviour
+    >>> b = without_plaintext_columns(behaviour("contract"))
+    >>> b.plaintext_column_exists, b.nulls_plaintext, b.fallback_to_plaintext, b.reads_from.value
+    (False, False, False, 'ciphertext')
+    """
+    return dataclasses.replace(
+        behaviour,
+        plaintext_column_exists=False,
+        writes_plaintext=False,
+        nulls_plaintext=False,
+        fallback_to_plaintext=False,
+        shadow_compare=False,
+    )
 
 
 def plain_table_of(model_or_table: Any) -> Table:
