@@ -13,7 +13,8 @@ Routes: the clients CRUD (:mod:`clients_service.routes`), the dualwrite admin ro
 Errors are one JSON line ``{"detail": "..."}`` without plaintext or key material:
 400/422 bad input, 401 missing token, 404 unknown client or workspace, 413 body larger than
 ``MAX_BODY_BYTES``, 500 a stored value that does not decrypt (generic message), 503 when this
-instance cannot encrypt or decrypt (no usable key) -- nothing is written then.
+instance cannot encrypt or decrypt (no usable key) -- nothing is written then -- or when the
+database is unreachable.
 
 An instance without a usable keyring still starts (it can serve a migration in ``plaintext``);
 every request that needs a key is refused with 503 and the reason.
@@ -32,6 +33,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from clients_service.repository import ClientsRepository
 from clients_service.routes import Services, router
@@ -94,7 +96,7 @@ def create_app(settings: Settings | None = None, *, metrics: Metrics | None = No
         keyring, bidx, reason = _keys(settings, metrics)
         if reason:
             log.warning("encryption unavailable on this instance: %s", reason)
-        async with open_engine(settings) as engine:
+        async with open_engine(settings, hide_parameters=True) as engine:  # no PII in errors
             watcher = PhaseWatcher(
                 engine,
                 settings,
@@ -186,6 +188,15 @@ def _add_error_handlers(app: FastAPI) -> None:
             {"detail": "internal error: a stored value could not be read"}, status_code=500
         )
 
+    async def database(_: Request, exc: Exception) -> JSONResponse:
+        lost = isinstance(exc, OSError | OperationalError | InterfaceError) or (
+            isinstance(exc, DBAPIError) and exc.connection_invalidated
+        )
+        if not lost:
+            return await unexpected(_, exc)
+        log.warning("database unavailable: %s", type(exc).__name__)
+        return JSONResponse({"detail": "database unavailable, retry later"}, status_code=503)
+
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.error("unexpected error: %s", type(exc).__name__)
         return JSONResponse({"detail": "internal error"}, status_code=500)
@@ -194,6 +205,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(EncryptionUnavailableError, unavailable)
     app.add_exception_handler(UnknownMigrationError, unregistered)
     app.add_exception_handler(DecryptionError, undecryptable)
+    app.add_exception_handler(DBAPIError, database)
+    app.add_exception_handler(OSError, database)
     app.add_exception_handler(Exception, unexpected)
 
 
