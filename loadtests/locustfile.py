@@ -1,7 +1,9 @@
 """Locust load for the latency gate of the reference clients service.
 
-Each simulated user owns a workspace, creates ``DUALWRITE_GATE_CLIENTS`` clients in it (default
-100, so the bulk read returns 100), then mixes single reads, bulk reads of 100, creates, updates
+Each simulated user works in ``DUALWRITE_GATE_WORKSPACE`` (an existing workspace with 100+
+clients, e.g. a seeded one: its first page gives the ids to read) or, when unset, in a workspace of
+its own where it first creates ``DUALWRITE_GATE_CLIENTS`` clients (default 100, so the bulk read
+returns 100). Then it mixes single reads, bulk reads of 100, creates, updates
 and searches. Request names are route templates, so per-endpoint percentiles line up with the
 gate's thresholds (see ``dualwrite.gate``).
 
@@ -21,6 +23,7 @@ from locust import HttpUser, between, task
 
 TOKEN = os.environ.get("API_TOKEN", "")
 CLIENTS_PER_USER = int(os.environ.get("DUALWRITE_GATE_CLIENTS", "100"))
+SHARED_WORKSPACE = os.environ.get("DUALWRITE_GATE_WORKSPACE", "")
 
 SINGLE = "GET /workspaces/{ws}/clients/{id}"
 BULK = "GET /workspaces/{ws}/clients?limit=100"
@@ -50,9 +53,18 @@ class ClinicUser(HttpUser):
     def on_start(self) -> None:
         if TOKEN:
             self.client.headers["Authorization"] = f"Bearer {TOKEN}"
-        self.ws = str(uuid.uuid4())
         self.ids: list[str] = []
         self.emails: list[str] = []
+        if SHARED_WORKSPACE:
+            self.ws = SHARED_WORKSPACE
+            resp = self.client.get(f"/workspaces/{self.ws}/clients?limit=100", name=BULK)
+            if resp.status_code == 200:
+                for item in resp.json().get("items", []):
+                    self.ids.append(item["id"])
+                    if item.get("email"):
+                        self.emails.append(item["email"])
+            return
+        self.ws = str(uuid.uuid4())
         for i in range(CLIENTS_PER_USER):
             self._create(i)
 

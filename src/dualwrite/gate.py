@@ -104,15 +104,21 @@ def run_locust(
     duration: str = "20s",
     api_token: str | None = None,
     clients_per_user: int = 100,
+    workspace: str | None = None,
     timeout: float = 600,
 ) -> list[EndpointStats]:
-    """Run Locust headless as a subprocess and return per-endpoint stats."""
+    """Run Locust headless as a subprocess and return per-endpoint stats.
+
+    ``workspace`` names an existing workspace with 100+ clients to read (else each simulated user
+    first creates ``clients_per_user`` clients of its own)."""
     if not locustfile.is_file():
         raise DualwriteError(f"locustfile not found: {locustfile}")
     with tempfile.TemporaryDirectory(prefix="dualwrite-gate-") as tmp:
         prefix = Path(tmp) / "gate"
         env = dict(os.environ)
         env["DUALWRITE_GATE_CLIENTS"] = str(clients_per_user)
+        if workspace:
+            env["DUALWRITE_GATE_WORKSPACE"] = workspace
         if api_token:
             env["API_TOKEN"] = api_token
         cmd = [
