@@ -59,6 +59,13 @@ def expand(spec: MigrationSpec, *, concurrently: bool = True) -> None:
         op.execute(statement)
     for statement in sql.stale_guard_ddl(spec):
         op.execute(statement)
+    for f in spec.searchable:
+        assert f.bidx_column is not None
+        name = sql.blind_index_name(spec, f.bidx_column)
+        if bind.execute(text(sql.INVALID_INDEX_SQL), {"name": name}).first() is not None:
+            _build_indexes(
+                [f"DROP INDEX {'CONCURRENTLY ' if concurrently else ''}{name}"], concurrently
+            )
     _build_indexes(sql.blind_index_ddl(spec, concurrently=concurrently), concurrently)
     bind.execute(
         text(

@@ -2,8 +2,9 @@
 
 >>> from dualwrite.spec import FieldSpec, MigrationSpec
 >>> spec = MigrationSpec("t_pii", "t", (FieldSpec("email", blind_index="email"),))
->>> print(expand_columns_ddl(spec)[0])
-ALTER TABLE t ADD COLUMN IF NOT EXISTS email_encrypted bytea, ADD COLUMN IF NOT EXISTS email_bidx bytea
+>>> print(expand_columns_ddl(spec)[0].replace(", ", ",\n"))
+ALTER TABLE t ADD COLUMN IF NOT EXISTS email_encrypted bytea,
+ADD COLUMN IF NOT EXISTS email_bidx bytea
 >>> print(missing_ciphertext_predicate(spec))
 ((email IS NOT NULL AND (email_encrypted IS NULL OR email_bidx IS NULL)))
 
@@ -75,7 +76,8 @@ def state_tables_ddl() -> list[str]:
         CREATE TABLE dualwrite_read_events (
             migration text NOT NULL,
             state_version bigint NOT NULL,
-            kind text NOT NULL CHECK (kind IN ('shadow_mismatch','read_fallback','decrypt_failure')),
+            kind text NOT NULL
+                CHECK (kind IN ('shadow_mismatch','read_fallback','decrypt_failure')),
             count bigint NOT NULL DEFAULT 0,
             PRIMARY KEY (migration, state_version, kind)
         )""",
@@ -142,7 +144,10 @@ def expand_columns_ddl(spec: MigrationSpec) -> list[str]:
             adds.append(f"ADD COLUMN IF NOT EXISTS {f.bidx_column} bytea")
     # contract writes NULL plaintext: a NOT NULL plaintext column must accept it from now on
     drops = [f"ALTER COLUMN {f.plaintext_column} DROP NOT NULL" for f in spec.fields]
-    return [f"ALTER TABLE {spec.table} " + ", ".join(adds), f"ALTER TABLE {spec.table} " + ", ".join(drops)]
+    return [
+        f"ALTER TABLE {spec.table} " + ", ".join(adds),
+        f"ALTER TABLE {spec.table} " + ", ".join(drops),
+    ]
 
 
 def _guard_function(spec: MigrationSpec) -> str:
@@ -159,7 +164,8 @@ def stale_guard_ddl(spec: MigrationSpec) -> list[str]:
             clear += f" NEW.{f.bidx_column} := NULL;"
         blocks.append(
             f"  IF NEW.{f.plaintext_column} IS DISTINCT FROM OLD.{f.plaintext_column}\n"
-            f"     AND NEW.{f.ciphertext_column} IS NOT DISTINCT FROM OLD.{f.ciphertext_column} THEN\n"
+            f"     AND NEW.{f.ciphertext_column} IS NOT DISTINCT FROM "
+            f"OLD.{f.ciphertext_column} THEN\n"
             f"    {clear}\n  END IF;"
         )
     body = "\n".join(blocks)
@@ -193,9 +199,10 @@ def blind_index_name(spec: MigrationSpec, column: str) -> str:
 
 
 def blind_index_ddl(spec: MigrationSpec, *, concurrently: bool = True) -> list[str]:
-    """Indexes on ``(workspace_id, <field>_bidx)`` when the table has ``workspace_id``, else on the
-    blind index alone (the expand checks the column at run time; here we assume tenant scoping
-    when ``scope_column`` is given)."""
+    """Indexes on ``(<scope_column>, <field>_bidx)`` when the spec names a tenant scope column,
+    else on the blind index alone. A failed concurrent build leaves an INVALID index that
+    ``IF NOT EXISTS`` would keep forever: :data:`INVALID_INDEX_SQL` finds it so the expand can
+    drop and rebuild it."""
     how = "CONCURRENTLY " if concurrently else ""
     out = []
     for f in spec.searchable:
@@ -206,6 +213,13 @@ def blind_index_ddl(spec: MigrationSpec, *, concurrently: bool = True) -> list[s
             f"ON {spec.table} ({cols})"
         )
     return out
+
+
+INVALID_INDEX_SQL = (
+    "SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+    "WHERE c.relname = :name AND NOT i.indisvalid"
+)
+"""Parameter ``:name``: returns a row when that index exists but is INVALID."""
 
 
 def unexpand_ddl(spec: MigrationSpec, restore_not_null: list[str] | None = None) -> list[str]:

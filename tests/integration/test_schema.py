@@ -29,7 +29,9 @@ async def columns(engine: AsyncEngine, table: str) -> dict[str, tuple[str, str]]
 
 async def indexes(engine: AsyncEngine, table: str) -> set[str]:
     async with engine.connect() as conn:
-        rows = await conn.execute(text("SELECT indexname FROM pg_indexes WHERE tablename = :t"), {"t": table})
+        rows = await conn.execute(
+            text("SELECT indexname FROM pg_indexes WHERE tablename = :t"), {"t": table}
+        )
         return {r[0] for r in rows}
 
 
@@ -102,7 +104,8 @@ async def test_seed_writes_realistic_plaintext(engine: AsyncEngine) -> None:
             await conn.execute(
                 text(
                     "SELECT count(*), count(DISTINCT workspace_id), min(length(medical_history)), "
-                    "bool_and(email LIKE '%@%'), count(*) FILTER (WHERE first_name_encrypted IS NOT NULL) "
+                    "bool_and(email LIKE '%@%'), "
+                    "count(*) FILTER (WHERE first_name_encrypted IS NOT NULL) "
                     "FROM clients"
                 )
             )
@@ -111,3 +114,28 @@ async def test_seed_writes_realistic_plaintext(engine: AsyncEngine) -> None:
     assert row[2] >= 100  # a few hundred bytes of history
     assert row[3] is True
     assert row[4] == 0  # seeding writes plaintext only
+
+
+async def test_rerun_of_a_failed_expand_rebuilds_an_invalid_index(engine: AsyncEngine) -> None:
+    # A concurrent index build that failed leaves the index INVALID and the revision unapplied.
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE pg_index SET indisvalid = false WHERE indexrelid = "
+                "'ix_clients_email_bidx'::regclass"
+            )
+        )
+        await conn.execute(text("UPDATE alembic_version SET version_num = '0002'"))
+    cfg = migrate.alembic_config()
+    await migrate.upgrade(engine, cfg)
+    assert await migrate.current(engine, cfg) == "0003"
+    async with engine.connect() as conn:
+        valid = (
+            await conn.execute(
+                text(
+                    "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                    "WHERE c.relname = 'ix_clients_email_bidx'"
+                )
+            )
+        ).scalar_one()
+    assert valid is True
