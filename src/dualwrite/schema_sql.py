@@ -2,8 +2,9 @@
 
 >>> from dualwrite.spec import FieldSpec, MigrationSpec
 >>> spec = MigrationSpec("t_pii", "t", (FieldSpec("email", blind_index="email"),))
->>> print(expand_columns_ddl(spec)[0].replace(", ", ",\n"))
-ALTER TABLE t ADD COLUMN IF NOT EXISTS email_encrypted bytea,
+>>> for clause in expand_columns_ddl(spec)[0].split(", "):
+...     print(clause)
+ALTER TABLE t ADD COLUMN IF NOT EXISTS email_encrypted bytea
 ADD COLUMN IF NOT EXISTS email_bidx bytea
 >>> print(missing_ciphertext_predicate(spec))
 ((email IS NOT NULL AND (email_encrypted IS NULL OR email_bidx IS NULL)))
