@@ -25,7 +25,7 @@ import secrets
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from dualwrite import gate as gate_mod
 from dualwrite import migrate, store, transitions
-from dualwrite.backfill import Backfiller, BackfillOptions
+from dualwrite.backfill import Backfiller, BackfillOptions, BackfillReport
 from dualwrite.config import Settings
 from dualwrite.crypto import BlindIndex, FieldCipher, load_blind_index_key, load_keyring
 from dualwrite.db import make_engine, resolve_url
@@ -318,6 +318,16 @@ async def run_demo(base: Settings, *, rows: int, say: Say) -> DemoSummary:
     return summary
 
 
+def _backfiller(
+    engine: AsyncEngine, cipher: FieldCipher, bidx: BlindIndex
+) -> Callable[[BackfillMode], Awaitable[BackfillReport]]:
+    async def run(mode: BackfillMode) -> BackfillReport:
+        options = BackfillOptions(mode=mode, batch_size=2000)
+        return await Backfiller(engine, MIGRATION, cipher, bidx, options, metrics=Metrics()).run()
+
+    return run
+
+
 async def _walk(
     engine: AsyncEngine,
     settings: Settings,
@@ -335,14 +345,8 @@ async def _walk(
     await _move(engine, settings, current_key, Phase.DUAL_WRITE, "expand applied", say)
     await _move(engine, settings, current_key, Phase.BACKFILL, "fleet dual-writes", say)
     t0 = time.perf_counter()
-    report = await Backfiller(
-        engine,
-        MIGRATION,
-        cipher,
-        bidx,
-        BackfillOptions(mode=BackfillMode.ENCRYPT, batch_size=2000),
-        metrics=Metrics(),
-    ).run()
+    backfill = _backfiller(engine, cipher, bidx)
+    report = await backfill(BackfillMode.ENCRYPT)
     took = time.perf_counter() - t0
     summary.backfill_rows_per_s = report.rows_done / max(took, 1e-9)
     say(
@@ -361,14 +365,7 @@ async def _walk(
     )
     summary.gates.append(await _gate(engine, base_url, token, workspace, say))
     await _move(engine, settings, current_key, Phase.CONTRACT, "soaked, no mismatches", say)
-    report = await Backfiller(
-        engine,
-        MIGRATION,
-        cipher,
-        bidx,
-        BackfillOptions(mode=BackfillMode.PURGE, batch_size=2000),
-        metrics=Metrics(),
-    ).run()
+    report = await backfill(BackfillMode.PURGE)
     say(f"purge cleared plaintext of {report.rows_done:,} rows")
     await _move(engine, settings, current_key, Phase.FINALIZED, "plaintext purged", say)
     say(
