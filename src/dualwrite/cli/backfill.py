@@ -1,0 +1,124 @@
+"""``dualwrite backfill`` — run the online backfiller (see :mod:`dualwrite.backfill`).
+
+    $ dualwrite backfill --migration clients_pii --mode encrypt --once
+    $ dualwrite backfill --migration clients_pii --mode encrypt --workers 2 --metrics-port 9200
+    $ dualwrite backfill --migration clients_pii --mode purge --dry-run
+
+Refusals (unknown migration, a phase that does not allow the mode, missing keys) print one
+line and exit 1 before any row is touched. SIGTERM / SIGINT finish the batches in flight,
+checkpoint and exit 0; the next start resumes from the checkpoint. ``--workers N`` starts N
+worker processes (shards 0..N-1) that split the work with ``SKIP LOCKED`` claims.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+from typing import Annotated
+
+import typer
+
+from dualwrite.backfill import Backfiller, BackfillOptions
+from dualwrite.backfill_progress import default_sink
+from dualwrite.cli import app
+from dualwrite.cli._common import cli_errors, echo_json, run_async, settings
+from dualwrite.crypto import BlindIndex, FieldCipher, load_keyring
+from dualwrite.db import open_engine
+from dualwrite.errors import DualwriteError, MissingKeyError
+from dualwrite.metrics import Metrics
+from dualwrite.phases import BackfillMode
+
+
+@app.command("backfill")
+@cli_errors
+def backfill(
+    migration: Annotated[str, typer.Option(help="migration name")] = "clients_pii",
+    mode: Annotated[str, typer.Option(help="encrypt | decrypt | rekey | purge")] = "encrypt",
+    batch_size: Annotated[int | None, typer.Option(min=1, max=100_000)] = None,
+    max_rows_per_second: Annotated[float | None, typer.Option(min=0)] = None,
+    sleep_ratio: Annotated[float | None, typer.Option(min=0)] = None,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="worker processes")] = 1,
+    shard: Annotated[int, typer.Option(min=0, help="this worker's number (checkpoint key)")] = 0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="count, change nothing")] = False,
+    metrics_port: Annotated[int | None, typer.Option(min=1, max=65535)] = None,
+    once: Annotated[bool, typer.Option("--once", help="exit when nothing is left")] = False,
+    json_lines: Annotated[
+        bool, typer.Option("--json", help="JSON lines even on a terminal")
+    ] = False,
+) -> None:
+    """Convert rows of a live table (encrypt, decrypt for rollback, re-key, purge plaintext)."""
+    try:
+        parsed = BackfillMode.parse(mode)
+    except ValueError as exc:
+        raise DualwriteError(str(exc)) from None
+    if workers > 1:
+        raise typer.Exit(_spawn(workers))
+    s = settings()
+    keyring = load_keyring(s)
+    bidx: BlindIndex | None
+    try:
+        bidx = BlindIndex.from_settings(s)
+    except MissingKeyError:
+        bidx = None  # refused in preflight when the mode needs it
+    options = BackfillOptions(
+        mode=parsed,
+        batch_size=batch_size or s.backfill_batch_size,
+        max_rows_per_second=(
+            s.backfill_max_rows_per_second if max_rows_per_second is None else max_rows_per_second
+        ),
+        sleep_ratio=s.backfill_sleep_ratio if sleep_ratio is None else sleep_ratio,
+        once=once,
+        dry_run=dry_run,
+        shard=shard,
+        poll_seconds=s.poll_interval_seconds,
+        max_active_backends=s.backfill_max_active_backends,
+        max_replication_lag_seconds=s.backfill_max_replication_lag_seconds,
+    )
+    metrics = Metrics()
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, registry=metrics.registry)
+    from dualwrite.backfill_progress import JsonLinesProgress
+
+    sink = JsonLinesProgress(sys.stdout) if json_lines else default_sink(sys.stdout)
+
+    async def go() -> dict[str, object]:
+        async with open_engine(s, pool_size=2) as engine:
+            worker = Backfiller(
+                engine, migration, FieldCipher(keyring), bidx, options,
+                metrics=metrics, progress=sink,
+            )  # fmt: skip
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, worker.request_stop)
+            try:
+                return (await worker.run()).as_dict()
+            finally:
+                sink.close()
+
+    report = run_async(go())
+    echo_json({"event": "report", **report})
+
+
+def _spawn(workers: int) -> int:
+    """Run ``workers`` copies of this command as shards 0..N-1; forward SIGTERM/SIGINT."""
+    args = [a for a in sys.argv[1:] if not a.startswith("--workers")]
+    if "--workers" in sys.argv[1:]:
+        i = sys.argv[1:].index("--workers")
+        args = sys.argv[1:][:i] + sys.argv[1:][i + 2 :]
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "dualwrite.cli", *args, "--shard", str(n)])
+        for n in range(workers)
+    ]
+
+    def forward(sig: int, _frame: object) -> None:
+        for p in procs:
+            p.send_signal(sig)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [p.wait() for p in procs]
+    return max(codes)

@@ -1,0 +1,248 @@
+"""The verifier: decrypt every ciphertext and compare it with its plaintext, without printing PII.
+
+For each row and field (a full keyset scan, or a random sample) it checks: the ciphertext is
+there when the plaintext is (and the blind index, for searchable fields), it decrypts, it
+decrypts to the plaintext, and the blind index matches. The result is recorded in
+``dualwrite_verifications`` (the ``backfill -> read_switch`` guard wants a full run after the
+backfill finished, with 0 problems)::
+
+    report = await verify(engine, CLIENTS_PII, cipher, bidx, full=True)
+    print(report.render())
+    # Verification of clients_pii (table clients), phase backfill, full scan
+    #   rows checked:            200000
+    #   stored as binary:        yes (bytea: 8 of 8 ciphertext columns)
+    #   key version prefixes:    v1: 1600000
+    #   decrypts:                yes (0 undecryptable)
+    #   ...
+    #   result: OK (0 problems)
+
+``repair=True`` re-encrypts, from the plaintext, the fields found missing, mismatched or
+undecryptable, with a compare-and-set on every plaintext column read (a row a live writer
+changed meanwhile is left alone and counted in ``repair_conflicts``). It is allowed only in a
+phase where the plaintext is authoritative (``behaviour(phase).writes_plaintext``). The recorded
+result is what the scan found; run the verifier again after a repair.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from dualwrite import store
+from dualwrite.backfill import connect_raw
+from dualwrite.crypto import BlindIndex, FieldCipher
+from dualwrite.errors import PhaseError
+from dualwrite.metrics import Metrics
+from dualwrite.phases import behaviour
+from dualwrite.spec import MigrationSpec
+from dualwrite.verify_scan import RowChecker, repair_rows, scan_sql, stored_types
+
+__all__ = ["FieldCounts", "VerificationReport", "verify"]
+
+MAX_PROBLEM_KEYS = 100
+
+
+@dataclass(slots=True)
+class FieldCounts:
+    values: int = 0  # ciphertexts or plaintexts present
+    missing: int = 0
+    mismatched: int = 0
+    undecryptable: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"values": self.values, "missing": self.missing, "mismatched": self.mismatched,
+                "undecryptable": self.undecryptable}  # fmt: skip
+
+
+@dataclass(slots=True)
+class VerificationReport:
+    """Counts per row and per field; primary keys of problem rows only (never values)."""
+
+    migration: str
+    table: str
+    phase: str
+    full: bool
+    checked: int = 0
+    missing: int = 0  # rows with at least one missing ciphertext / blind index
+    mismatched: int = 0  # rows with a ciphertext (or index) that disagrees with the plaintext
+    undecryptable: int = 0  # rows with a ciphertext that does not decrypt
+    per_field: dict[str, FieldCounts] = field(default_factory=dict)
+    versions: Counter[str] = field(default_factory=Counter)
+    column_types: dict[str, str] = field(default_factory=dict)
+    plaintext_present: bool = True
+    problem_keys: list[str] = field(default_factory=list)
+    repaired: int = 0
+    repair_conflicts: int = 0
+    seconds: float = 0.0
+
+    @property
+    def problems(self) -> int:
+        return self.missing + self.mismatched + self.undecryptable
+
+    @property
+    def ok(self) -> bool:
+        return self.problems == 0
+
+    @property
+    def binary(self) -> bool:
+        return bool(self.column_types) and all(t == "bytea" for t in self.column_types.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "migration": self.migration, "table": self.table, "phase": self.phase,
+            "full": self.full, "checked": self.checked, "missing": self.missing,
+            "mismatched": self.mismatched, "undecryptable": self.undecryptable,
+            "problems": self.problems, "ok": self.ok, "binary": self.binary,
+            "versions": dict(sorted(self.versions.items())),
+            "plaintext_present": self.plaintext_present,
+            "per_field": {k: v.as_dict() for k, v in self.per_field.items()},
+            "problem_keys": self.problem_keys, "repaired": self.repaired,
+            "repair_conflicts": self.repair_conflicts, "seconds": round(self.seconds, 3),
+        }  # fmt: skip
+
+    def render(self) -> str:
+        """The printable report (like a migration guide's verification step); no values."""
+        scan = "full scan" if self.full else "sample"
+        bytea = sum(1 for t in self.column_types.values() if t == "bytea")
+        versions = ", ".join(f"{v}: {n}" for v, n in sorted(self.versions.items())) or "none"
+        lines = [
+            f"Verification of {self.migration} (table {self.table}), phase {self.phase}, {scan}",
+            f"  rows checked:            {self.checked}",
+            f"  stored as binary:        {'yes' if self.binary else 'NO'} "
+            f"(bytea: {bytea} of {len(self.column_types)} ciphertext columns)",
+            f"  key version prefixes:    {versions}",
+            f"  decrypts:                {'yes' if self.undecryptable == 0 else 'NO'} "
+            f"({self.undecryptable} undecryptable rows)",
+            "  compared to plaintext:   "
+            + ("yes" if self.plaintext_present else "no (plaintext columns are gone)"),
+            f"  {'field':<26}{'values':>9}{'missing':>9}{'mismatched':>12}{'undecryptable':>15}",
+        ]
+        for name, c in self.per_field.items():
+            lines.append(
+                f"  {name:<26}{c.values:>9}{c.missing:>9}{c.mismatched:>12}{c.undecryptable:>15}"
+            )
+        if self.repaired or self.repair_conflicts:
+            lines.append(f"  repaired rows:           {self.repaired} "
+                         f"({self.repair_conflicts} changed meanwhile, left alone)")  # fmt: skip
+        if self.ok:
+            lines.append("  result: OK (0 problems)")
+        else:
+            lines.append(
+                f"  result: {self.problems} problems ({self.missing} missing, {self.mismatched} "
+                f"mismatched, {self.undecryptable} undecryptable rows)"
+            )
+            lines.append("  primary keys (first): " + ", ".join(self.problem_keys[:20]))
+        return "\n".join(lines)
+
+
+async def verify(
+    engine: AsyncEngine,
+    spec: MigrationSpec,
+    cipher: FieldCipher,
+    bidx: BlindIndex | None = None,
+    *,
+    full: bool = True,
+    sample: int | None = None,
+    repair: bool = False,
+    batch_size: int = 5000,
+    metrics: Metrics | None = None,
+    record: bool = True,
+) -> VerificationReport:
+    """Check ``spec``'s table (``full`` keyset scan, or ``sample`` random rows); record it.
+
+    Without ``bidx`` the blind indexes are checked for presence only, not recomputed.
+    """
+    if sample is not None:
+        full = False
+    started = time.monotonic()
+    async with engine.connect() as conn:
+        state = await store.get_migration(conn, spec.name)
+        plaintext = await store.plaintext_columns_present(conn, spec)
+        started_at = await store.database_now(conn)
+    if repair and (not behaviour(state.phase).writes_plaintext or not plaintext):
+        raise PhaseError(
+            f"--repair re-encrypts from the plaintext, which is not authoritative in phase "
+            f"'{state.phase}': run the verifier without --repair"
+        )
+    report = VerificationReport(spec.name, spec.table, state.phase.value, full)
+    report.plaintext_present = plaintext
+    report.per_field = {f.name: FieldCounts() for f in spec.fields}
+    checker = RowChecker(spec, cipher, bidx, plaintext)
+    raw = await connect_raw(engine)
+    try:
+        report.column_types = await stored_types(raw, spec)
+        if full:
+            await _full_scan(raw, checker, report, batch_size, repair)
+        else:
+            await _sample(raw, checker, report, max(1, sample or 1000), repair)
+    finally:
+        await raw.close()
+    report.seconds = time.monotonic() - started
+    if metrics is not None:
+        _export(metrics, report)
+    if record:
+        async with engine.begin() as conn:
+            await store.record_verification(
+                conn,
+                store.VerificationRecord(
+                    migration=spec.name, phase=state.phase, started_at=started_at, full=full,
+                    checked=report.checked, missing=report.missing,
+                    mismatched=report.mismatched, undecryptable=report.undecryptable,
+                    per_field={k: v.as_dict() for k, v in report.per_field.items()},
+                ),
+            )  # fmt: skip
+    return report
+
+
+async def _full_scan(
+    raw: Any, checker: RowChecker, report: VerificationReport, batch: int, repair: bool
+) -> None:
+    first = await raw.prepare(scan_sql(checker.spec, checker.plaintext, after=False))
+    after = await raw.prepare(scan_sql(checker.spec, checker.plaintext, after=True))
+    rows = await first.fetch(batch)
+    while rows:
+        # ask for the next batch before checking this one: the server works meanwhile
+        nxt = asyncio.ensure_future(after.fetch(str(rows[-1][0]), batch))
+        await asyncio.sleep(0)
+        await _check(raw, checker, report, rows, repair)
+        rows = await nxt
+
+
+async def _sample(
+    raw: Any, checker: RowChecker, report: VerificationReport, n: int, repair: bool
+) -> None:
+    spec = checker.spec
+    estimate = await raw.fetchval(
+        "SELECT greatest(reltuples, 1) FROM pg_class WHERE oid = to_regclass($1)", spec.table
+    )
+    percent = min(100.0, 100.0 * 1.5 * n / max(float(estimate or 1), 1.0))
+    sql = scan_sql(spec, checker.plaintext, after=False, sample_percent=percent)
+    rows = await raw.fetch(sql, n)
+    await _check(raw, checker, report, rows, repair)
+
+
+async def _check(
+    raw: Any, checker: RowChecker, report: VerificationReport, rows: Any, repair: bool
+) -> None:
+    bad = checker.check(rows, report)
+    room = MAX_PROBLEM_KEYS - len(report.problem_keys)
+    if room > 0:
+        report.problem_keys += [str(rows[i][0]) for i in bad[:room]]
+    if repair and bad:
+        fixed, conflicts = await repair_rows(raw, checker, [rows[i] for i in bad])
+        report.repaired += fixed
+        report.repair_conflicts += conflicts
+
+
+def _export(metrics: Metrics, report: VerificationReport) -> None:
+    metrics.verify_rows.labels(report.migration).inc(report.checked)
+    for name, c in report.per_field.items():
+        for kind in ("missing", "mismatched", "undecryptable"):
+            n = getattr(c, kind)
+            if n:
+                metrics.verify_mismatches.labels(report.migration, name, kind).inc(n)
