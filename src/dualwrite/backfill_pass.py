@@ -43,6 +43,7 @@ class _Done:
     result: BatchResult | None = None
     seconds: float = 0.0
     last_key: str | None = None
+    new_failed: list[str] | None = None  # primary keys failing for the first time
 
 
 @dataclass(slots=True)
@@ -95,9 +96,10 @@ async def _batch(
     """One batch, one transaction; returns its deltas (the driver adds them up in order)."""
     sql, codec = bf.sql, bf.codec
     started = time.perf_counter()
-    tr = conn.transaction()
-    await tr.start()
+    tr: Any = None
     try:
+        tr = conn.transaction()
+        await tr.start()
         if sql.needs_keep_ciphertext:
             await conn.execute(sql.keep_ciphertext())
         rows = await (
@@ -118,16 +120,17 @@ async def _batch(
             last_key, result.written, len(new_failures), pos.started_at,
         )  # fmt: skip
         await tr.commit()
-        return _Done(result.written, len(new_failures), result,
-                     time.perf_counter() - started, last_key)  # fmt: skip
+        seconds = time.perf_counter() - started
+        return _Done(result.written, len(new_failures), result, seconds, last_key, new_failures)
     except BaseException as exc:
         if not key_fut.done():
             if isinstance(exc, asyncio.CancelledError):
                 key_fut.cancel()
             else:
                 key_fut.set_exception(exc)
-        with contextlib.suppress(BaseException):
-            await asyncio.wait_for(tr.rollback(), timeout=2)
+        if tr is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(tr.rollback(), timeout=2)
         raise
 
 
@@ -166,8 +169,8 @@ async def run_pass(
         stuck += res.unchanged + len(res.failed_pks)
         window_rows += res.written
         room = 1000 - len(bf.report.failed_pks)
-        if room > 0 and res.failed_pks:
-            bf.report.failed_pks += res.failed_pks[:room]
+        if room > 0 and done.new_failed:
+            bf.report.failed_pks += done.new_failed[:room]
         bf.report.batches += 1
         bf.remaining_left(res.written + len(res.failed_pks) + res.unchanged)
         bf.rate.add(res.written)
