@@ -7,7 +7,7 @@ backfiller reads before every batch.
 
 >>> k = Knobs(batch_size=1000, max_rows_per_second=0, sleep_ratio=0.5)
 >>> k.merged({"batch_size": 200, "paused": True, "junk": 1})
-Knobs(batch_size=200, max_rows_per_second=0.0, sleep_ratio=0.5, paused=True)
+Knobs(batch_size=200, max_rows_per_second=0, sleep_ratio=0.5, paused=True)
 >>> delay_after_batch(k, rows=1000, batch_seconds=0.1, rows_since=1000, seconds_since=0.1)
 0.05
 >>> delay_after_batch(Knobs(1000, 2000, 0), rows=1000, batch_seconds=0.1, rows_since=1000,

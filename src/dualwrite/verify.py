@@ -209,8 +209,11 @@ async def _full_scan(
         # ask for the next batch before checking this one: the server works meanwhile
         nxt = asyncio.ensure_future(after.fetch(str(rows[-1][0]), batch))
         await asyncio.sleep(0)
-        await _check(raw, checker, report, rows, repair)
-        rows = await nxt
+        bad = _check(checker, report, rows)
+        following = await nxt
+        if repair and bad:
+            await _repair(raw, checker, report, bad)
+        rows = following
 
 
 async def _sample(
@@ -223,20 +226,24 @@ async def _sample(
     percent = min(100.0, 100.0 * 1.5 * n / max(float(estimate or 1), 1.0))
     sql = scan_sql(spec, checker.plaintext, after=False, sample_percent=percent)
     rows = await raw.fetch(sql, n)
-    await _check(raw, checker, report, rows, repair)
+    bad = _check(checker, report, rows)
+    if repair and bad:
+        await _repair(raw, checker, report, bad)
 
 
-async def _check(
-    raw: Any, checker: RowChecker, report: VerificationReport, rows: Any, repair: bool
-) -> None:
-    bad = checker.check(rows, report)
+def _check(checker: RowChecker, report: VerificationReport, rows: Any) -> list[Any]:
+    """Count the problems of ``rows``; return the rows that have any."""
+    bad = [rows[i] for i in checker.check(rows, report)]
     room = MAX_PROBLEM_KEYS - len(report.problem_keys)
     if room > 0:
-        report.problem_keys += [str(rows[i][0]) for i in bad[:room]]
-    if repair and bad:
-        fixed, conflicts = await repair_rows(raw, checker, [rows[i] for i in bad])
-        report.repaired += fixed
-        report.repair_conflicts += conflicts
+        report.problem_keys += [str(r[0]) for r in bad[:room]]
+    return bad
+
+
+async def _repair(raw: Any, checker: RowChecker, report: VerificationReport, bad: Any) -> None:
+    fixed, conflicts = await repair_rows(raw, checker, bad)
+    report.repaired += fixed
+    report.repair_conflicts += conflicts
 
 
 def _export(metrics: Metrics, report: VerificationReport) -> None:
