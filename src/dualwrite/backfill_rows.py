@@ -12,7 +12,7 @@ comprehensions, cached bound methods) so the per-row Python cost stays close to 
 >>> codec = RowCodec(spec, FieldCipher(Keyring([DataKey("v1", bytes(32))])), BlindIndex(bytes(32)))
 >>> out = transform(codec, "encrypt", [(7, "a@x.io", True, True), (8, None, False, False)])
 >>> out.written, out.pks, [len(c) for c in out.arrays[0]]
-(1, [7], [47])
+(1, [7], [37])
 
 Failures (a ciphertext that does not decrypt) are counted and reported by primary key only.
 """
