@@ -119,7 +119,7 @@ def _encrypt(codec: RowCodec, rows: Sequence[Row]) -> list[list[Any]]:
 def _compute(codec: RowCodec) -> Callable[[str | None, Any], bytes | None]:
     if codec.bidx is None:
         raise ValueError("a blind index key is needed for searchable fields")
-    return codec.bidx.compute
+    return codec.bidx.stored
 
 
 def _decrypt(codec: RowCodec, rows: Sequence[Row]) -> tuple[list[list[Any]], list[bool]]:

@@ -215,7 +215,7 @@ class FieldCodec:
         f = self._fields[field]
         assert self.cipher is not None
         ct = self.cipher.encrypt(value, table=self.spec.table, column=f.name, row_key=row_key)
-        bidx = self.blind_index.compute(value, f.kind) if f.kind and self.blind_index else None
+        bidx = self.blind_index.stored(value, f.kind) if f.kind and self.blind_index else None
         return ct, bidx
 
     def decrypt_field(self, field: str, ciphertext: bytes | None, row_key: str) -> str | None:
@@ -257,7 +257,7 @@ class FieldCodec:
                     out[f.plaintext] = None
                 out[f.ciphertext] = encrypt(value, table=table, column=name, row_key=row_key)
                 if f.bidx is not None:
-                    out[f.bidx] = bidx.compute(value, f.kind) if bidx is not None else None
+                    out[f.bidx] = bidx.stored(value, f.kind) if bidx is not None else None
             self._enc_timer.observe(_perf() - started)
             return out
         for name, value in values.items():

@@ -83,7 +83,7 @@ class RowChecker:
         miss, mism, undec = [False] * n, [False] * n, [False] * n
         rks = [str(r[0]) for r in rows]
         dec, table, versions = self.cipher.decrypt, self.spec.table, report.versions
-        compute = self.bidx.compute if self.bidx is not None else None
+        compute = self.bidx.stored if self.bidx is not None else None
         for f, pi, ci, bi in self.layout:
             fc, name, kind = report.per_field[f.name], f.name, f.blind_index
             for i, r in enumerate(rows):
@@ -162,7 +162,7 @@ async def repair_rows(raw: Any, checker: RowChecker, rows: Sequence[Any]) -> tup
             ]
         )
         if bi is not None and f.blind_index and checker.bidx is not None:
-            kind, compute = f.blind_index, checker.bidx.compute
+            kind, compute = f.blind_index, checker.bidx.stored
             arrays.append([compute(p, kind) for p in pts])
     status = await raw.execute(repair_sql(spec), *arrays)
     fixed = int(status.split()[-1])

@@ -117,6 +117,21 @@ class BlindIndex:
             raise ValueError("blind index value is not valid Unicode (lone surrogate)") from None
         return hmac.digest(self._key, message, "sha256")[: self.length]
 
+    def stored(self, value: str | None, kind: Kind) -> bytes | None:
+        """What a writer stores: like :meth:`compute`, but a present value that normalises to
+        nothing (a phone written ``"n/a"``) stores the empty marker ``b""`` rather than NULL,
+        so the row still counts as covered. Searches use :meth:`compute`, which never yields
+        ``b""``, so the marker matches no search.
+
+        >>> b = BlindIndex(bytes(32), length=8)
+        >>> b.stored("n/a", "phone"), b.stored(None, "phone"), b.compute("n/a", "phone")
+        (b'', None, None)
+        """
+        if value is None:
+            return None
+        digest = self.compute(value, kind)
+        return b"" if digest is None else digest
+
     def __reduce__(self) -> str | tuple[object, ...]:
         raise TypeError("BlindIndex cannot be pickled (it would copy key material)")
 
