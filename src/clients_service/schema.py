@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dualwrite.spec import FieldSpec, MigrationSpec
 
-
 CLIENTS_PII = MigrationSpec(
     name="clients_pii",
     table="clients",
@@ -20,4 +19,4 @@ CLIENTS_PII = MigrationSpec(
         FieldSpec("emergency_contact_phone"),
     ),
 )
-"""The reference migration of the ``clients`` table (8 PII/PHI fields, email and phone searchable)."""
+"""The reference migration of ``clients``: 8 PII/PHI fields, email and phone searchable."""

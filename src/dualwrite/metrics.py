@@ -29,79 +29,115 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.phase = Gauge(
-            "dualwrite_phase", "1 for the phase this process observes for a migration, else 0",
-            ["migration", "phase"], registry=r,
+            "dualwrite_phase",
+            "1 for the phase this process observes for a migration, else 0",
+            ["migration", "phase"],
+            registry=r,
         )
         self.phase_version = Gauge(
-            "dualwrite_phase_version", "State-row version this process observes",
-            ["migration"], registry=r,
+            "dualwrite_phase_version",
+            "State-row version this process observes",
+            ["migration"],
+            registry=r,
         )
         self.instances = Gauge(
-            "dualwrite_instances", "Live instances per observed phase (from heartbeats)",
-            ["migration", "phase"], registry=r,
+            "dualwrite_instances",
+            "Live instances per observed phase (from heartbeats)",
+            ["migration", "phase"],
+            registry=r,
         )
         self.http_duration = Histogram(
-            "dualwrite_http_request_duration_seconds", "HTTP request duration by route",
-            ["method", "route", "status"], buckets=_HTTP, registry=r,
+            "dualwrite_http_request_duration_seconds",
+            "HTTP request duration by route",
+            ["method", "route", "status"],
+            buckets=_HTTP,
+            registry=r,
         )
         self.crypto_duration = Histogram(
-            "dualwrite_crypto_operation_duration_seconds", "Field encrypt/decrypt duration",
-            ["operation"], buckets=_FAST, registry=r,
+            "dualwrite_crypto_operation_duration_seconds",
+            "Field encrypt/decrypt duration",
+            ["operation"],
+            buckets=_FAST,
+            registry=r,
         )
         self.crypto_failures = Counter(
-            "dualwrite_crypto_failures_total", "Encrypt/decrypt failures",
-            ["operation", "migration", "field"], registry=r,
+            "dualwrite_crypto_failures_total",
+            "Encrypt/decrypt failures",
+            ["operation", "migration", "field"],
+            registry=r,
         )
         self.read_fallbacks = Counter(
             "dualwrite_read_fallback_total",
             "Reads served from plaintext because the ciphertext was missing",
-            ["migration", "field"], registry=r,
+            ["migration", "field"],
+            registry=r,
         )
         self.shadow_reads = Counter(
-            "dualwrite_shadow_reads_total", "Sampled reads compared against the other source",
-            ["migration"], registry=r,
+            "dualwrite_shadow_reads_total",
+            "Sampled reads compared against the other source",
+            ["migration"],
+            registry=r,
         )
         self.shadow_mismatches = Counter(
             "dualwrite_shadow_read_mismatches_total",
             "Sampled reads whose ciphertext and plaintext disagree",
-            ["migration", "field"], registry=r,
+            ["migration", "field"],
+            registry=r,
         )
         self.backfill_rows = Counter(
-            "dualwrite_backfill_rows_total", "Rows processed by the backfiller",
-            ["migration", "mode", "outcome"], registry=r,
+            "dualwrite_backfill_rows_total",
+            "Rows processed by the backfiller",
+            ["migration", "mode", "outcome"],
+            registry=r,
         )
         self.backfill_remaining = Gauge(
-            "dualwrite_backfill_rows_remaining", "Rows left for the running backfill mode",
-            ["migration", "mode"], registry=r,
+            "dualwrite_backfill_rows_remaining",
+            "Rows left for the running backfill mode",
+            ["migration", "mode"],
+            registry=r,
         )
         self.backfill_rate = Gauge(
-            "dualwrite_backfill_rows_per_second", "Recent backfill throughput",
-            ["migration", "mode"], registry=r,
+            "dualwrite_backfill_rows_per_second",
+            "Recent backfill throughput",
+            ["migration", "mode"],
+            registry=r,
         )
         self.backfill_batch_duration = Histogram(
-            "dualwrite_backfill_batch_duration_seconds", "Backfill batch duration",
-            ["migration", "mode"], buckets=_BATCH, registry=r,
+            "dualwrite_backfill_batch_duration_seconds",
+            "Backfill batch duration",
+            ["migration", "mode"],
+            buckets=_BATCH,
+            registry=r,
         )
         self.backfill_throttle = Gauge(
             "dualwrite_backfill_throttled",
             "1 while the backfiller is held back, by reason (paused, rate, health)",
-            ["migration", "reason"], registry=r,
+            ["migration", "reason"],
+            registry=r,
         )
         self.verify_rows = Counter(
-            "dualwrite_verify_rows_total", "Rows checked by the verifier",
-            ["migration"], registry=r,
+            "dualwrite_verify_rows_total",
+            "Rows checked by the verifier",
+            ["migration"],
+            registry=r,
         )
         self.verify_mismatches = Counter(
             "dualwrite_verify_mismatches_total",
             "Verifier findings by kind (missing, mismatched, undecryptable)",
-            ["migration", "field", "kind"], registry=r,
+            ["migration", "field", "kind"],
+            registry=r,
         )
         self.key_expiry = Gauge(
-            "dualwrite_key_expiry_timestamp_seconds", "Expiry time of each data key version",
-            ["version"], registry=r,
+            "dualwrite_key_expiry_timestamp_seconds",
+            "Expiry time of each data key version",
+            ["version"],
+            registry=r,
         )
         self.key_current = Gauge(
-            "dualwrite_key_current", "1 for the key version used to encrypt", ["version"], registry=r,
+            "dualwrite_key_current",
+            "1 for the key version used to encrypt",
+            ["version"],
+            registry=r,
         )
 
     def set_phase(self, migration: str, phase: str, version: int) -> None:

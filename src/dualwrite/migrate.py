@@ -5,7 +5,7 @@ any revision marked ``dualwrite_contract = True`` (the one that drops plaintext)
 only through ``dualwrite finalize`` once its guards pass.
 
 >>> cfg = alembic_config()                                  # doctest: +SKIP
->>> await upgrade(engine, cfg)                              # doctest: +SKIP  (stops before contract)
+>>> await upgrade(engine, cfg)                              # doctest: +SKIP
 >>> await current(engine, cfg)                              # doctest: +SKIP
 '0003'
 """
@@ -35,7 +35,8 @@ def alembic_config(ini: str | Path | None = None) -> Config:
     path = Path(ini or os.environ.get("ALEMBIC_CONFIG") or "alembic.ini")
     if not path.is_file():
         raise ConfigError(
-            f"no Alembic configuration at {path} (run from the project folder or set ALEMBIC_CONFIG)"
+            f"no Alembic configuration at {path} "
+            "(run from the project folder or set ALEMBIC_CONFIG)"
         )
     return Config(str(path))
 

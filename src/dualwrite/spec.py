@@ -27,7 +27,9 @@ _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,50}$")
 
 def _check_identifier(what: str, value: str) -> None:
     if not _IDENT.match(value):
-        raise ValueError(f"{what} {value!r} must be a lower-case SQL identifier of at most 51 chars")
+        raise ValueError(
+            f"{what} {value!r} must be a lower-case SQL identifier of at most 51 chars"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +69,9 @@ class MigrationSpec:
     primary_key: str = "id"
     scope_column: str | None = None
     """Tenant column (e.g. ``workspace_id``) that leads the blind-index indexes, if any."""
-    _by_name: dict[str, FieldSpec] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _by_name: dict[str, FieldSpec] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         _check_identifier("migration", self.name)
@@ -112,4 +116,3 @@ class MigrationSpec:
             scope_column=data.get("scope_column"),
             fields=tuple(FieldSpec(f["name"], f.get("blind_index")) for f in data["fields"]),
         )
-

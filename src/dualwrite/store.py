@@ -59,11 +59,15 @@ def _state(row: Any) -> MigrationState:
 
 
 async def list_migrations(conn: AsyncConnection) -> list[MigrationState]:
-    rows = await conn.execute(text(f"SELECT {_STATE_COLUMNS} FROM dualwrite_migrations ORDER BY name"))
+    rows = await conn.execute(
+        text(f"SELECT {_STATE_COLUMNS} FROM dualwrite_migrations ORDER BY name")
+    )
     return [_state(r) for r in rows]
 
 
-async def get_migration(conn: AsyncConnection, name: str, *, for_update: bool = False) -> MigrationState:
+async def get_migration(
+    conn: AsyncConnection, name: str, *, for_update: bool = False
+) -> MigrationState:
     """The state of migration ``name``; :class:`UnknownMigrationError` if it is not registered."""
     lock = " FOR UPDATE" if for_update else ""
     row = (
@@ -106,7 +110,9 @@ async def compare_and_swap_phase(
 async def notify_phase(conn: AsyncConnection, state: MigrationState) -> None:
     """Announce a change on the ``dualwrite_phase`` channel (delivered at commit)."""
     payload = json.dumps({"name": state.name, "phase": state.phase.value, "version": state.version})
-    await conn.execute(text("SELECT pg_notify(:ch, :p)"), {"ch": schema_sql.NOTIFY_CHANNEL, "p": payload})
+    await conn.execute(
+        text("SELECT pg_notify(:ch, :p)"), {"ch": schema_sql.NOTIFY_CHANNEL, "p": payload}
+    )
 
 
 async def update_backfill_control(
@@ -183,9 +189,18 @@ async def list_audit(
     )
     return [
         AuditRecord(
-            id=r.id, migration=r.migration, at=r.at, actor=r.actor, action=r.action,
-            from_phase=r.from_phase, to_phase=r.to_phase, from_version=r.from_version,
-            to_version=r.to_version, reason=r.reason, forced=r.forced, outcome=r.outcome,
+            id=r.id,
+            migration=r.migration,
+            at=r.at,
+            actor=r.actor,
+            action=r.action,
+            from_phase=r.from_phase,
+            to_phase=r.to_phase,
+            from_version=r.from_version,
+            to_version=r.to_version,
+            reason=r.reason,
+            forced=r.forced,
+            outcome=r.outcome,
             guards=list(r.guards or []),
         )
         for r in rows
@@ -234,7 +249,9 @@ async def heartbeat(conn: AsyncConnection, hb: Heartbeat) -> None:
 
 async def remove_instance(conn: AsyncConnection, instance_id: str) -> None:
     """Forget an instance on clean shutdown (so it stops counting at once)."""
-    await conn.execute(text("DELETE FROM dualwrite_instances WHERE instance_id = :i"), {"i": instance_id})
+    await conn.execute(
+        text("DELETE FROM dualwrite_instances WHERE instance_id = :i"), {"i": instance_id}
+    )
 
 
 async def list_instances(conn: AsyncConnection, migration: str) -> list[InstanceView]:
@@ -330,16 +347,19 @@ async def plaintext_columns_present(conn: AsyncConnection, spec: MigrationSpec) 
 
 async def coverage(conn: AsyncConnection, spec: MigrationSpec) -> Coverage:
     """One scan counting total, uncovered, plaintext-incomplete and not-yet-purged rows."""
+    missing = schema_sql.missing_ciphertext_predicate(spec)
+    incomplete = schema_sql.plaintext_incomplete_predicate(spec)
+    remaining = schema_sql.plaintext_remaining_predicate(spec)
     if not await plaintext_columns_present(conn, spec):
         total = (await conn.execute(text(f"SELECT count(*) FROM {spec.table}"))).scalar_one()
         return Coverage(int(total), 0, 0, 0)
     row = (
         await conn.execute(
             text(
-                f"SELECT count(*) AS total, "
-                f"count(*) FILTER (WHERE {schema_sql.missing_ciphertext_predicate(spec)}) AS missing, "
-                f"count(*) FILTER (WHERE {schema_sql.plaintext_incomplete_predicate(spec)}) AS incomplete, "
-                f"count(*) FILTER (WHERE {schema_sql.plaintext_remaining_predicate(spec)}) AS remaining "
+                "SELECT count(*) AS total, "
+                f"count(*) FILTER (WHERE {missing}) AS missing, "
+                f"count(*) FILTER (WHERE {incomplete}) AS incomplete, "
+                f"count(*) FILTER (WHERE {remaining}) AS remaining "
                 f"FROM {spec.table}"
             )
         )
@@ -394,9 +414,15 @@ async def save_checkpoint(conn: AsyncConnection, cp: Checkpoint) -> None:
             "excluded.finished_at"
         ),
         {
-            "migration": cp.migration, "mode": cp.mode, "shard": cp.shard, "run_id": cp.run_id,
-            "last_key": cp.last_key, "rows_done": cp.rows_done, "rows_failed": cp.rows_failed,
-            "started_at": cp.started_at, "finished_at": cp.finished_at,
+            "migration": cp.migration,
+            "mode": cp.mode,
+            "shard": cp.shard,
+            "run_id": cp.run_id,
+            "last_key": cp.last_key,
+            "rows_done": cp.rows_done,
+            "rows_failed": cp.rows_failed,
+            "started_at": cp.started_at,
+            "finished_at": cp.finished_at,
         },
     )
 
@@ -439,8 +465,14 @@ async def record_verification(conn: AsyncConnection, rec: VerificationRecord) ->
             ":s, clock_timestamp(), :full, :c, :mi, :mm, :u, CAST(:pf AS jsonb))"
         ),
         {
-            "m": rec.migration, "p": rec.phase.value, "s": rec.started_at, "full": rec.full,
-            "c": rec.checked, "mi": rec.missing, "mm": rec.mismatched, "u": rec.undecryptable,
+            "m": rec.migration,
+            "p": rec.phase.value,
+            "s": rec.started_at,
+            "full": rec.full,
+            "c": rec.checked,
+            "mi": rec.missing,
+            "mm": rec.mismatched,
+            "u": rec.undecryptable,
             "pf": json.dumps(rec.per_field),
         },
     )
@@ -464,8 +496,12 @@ async def latest_verification(
     if row is None:
         return None
     return VerificationView(
-        finished_at=row.finished_at, full=row.full_scan, mismatches=int(row.mismatched),
-        missing=int(row.missing), undecryptable=int(row.undecryptable), phase=Phase(row.phase),
+        finished_at=row.finished_at,
+        full=row.full_scan,
+        mismatches=int(row.mismatched),
+        missing=int(row.missing),
+        undecryptable=int(row.undecryptable),
+        phase=Phase(row.phase),
     )
 
 

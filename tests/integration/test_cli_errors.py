@@ -13,11 +13,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "DATA_DIR"))}
+    full_env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "DATA_DIR"))
+    }
     full_env.update(env)
     return subprocess.run(
         [sys.executable, "-m", "dualwrite.cli", *args],
-        capture_output=True, text=True, env=full_env, cwd=ROOT, timeout=120,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=ROOT,
+        timeout=120,
     )
 
 
@@ -25,8 +31,11 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str)
     assert proc.returncode != 0
     err = proc.stderr.strip()
     assert "Traceback" not in err and "Traceback" not in proc.stdout
-    lines = [line for line in err.splitlines() if line.strip() and "RuntimeDirWarning" not in line
-             and "user_runtime_dir" not in line]
+    lines = [
+        line
+        for line in err.splitlines()
+        if line.strip() and "RuntimeDirWarning" not in line and "user_runtime_dir" not in line
+    ]
     assert len(lines) == 1, err
     assert lines[0].startswith("error: ")
     for needle in needles:
@@ -34,7 +43,9 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str)
 
 
 def test_unreachable_database_url_hides_password() -> None:
-    proc = run_cli("db", "current", env={"DATABASE_URL": "postgresql+asyncpg://app:s3cr3t-pw@127.0.0.1:1/app"})
+    proc = run_cli(
+        "db", "current", env={"DATABASE_URL": "postgresql+asyncpg://app:s3cr3t-pw@127.0.0.1:1/app"}
+    )
     assert_one_line_error(proc, "cannot connect", "127.0.0.1:1/app")
     assert "s3cr3t-pw" not in proc.stderr + proc.stdout
 

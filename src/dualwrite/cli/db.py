@@ -11,7 +11,9 @@ from dualwrite.cli import app
 from dualwrite.cli._common import cli_errors, console, run_async, settings
 from dualwrite.db import open_engine, stop_embedded
 
-db_app = typer.Typer(help="Schema migrations (Alembic) and the embedded PostgreSQL.", no_args_is_help=True)
+db_app = typer.Typer(
+    help="Schema migrations (Alembic) and the embedded PostgreSQL.", no_args_is_help=True
+)
 
 
 @db_app.command("upgrade")
@@ -70,7 +72,9 @@ def stop() -> None:
         console.print("DATABASE_URL is set: nothing to stop")
         return
     stopped = stop_embedded(s.data_dir)
-    console.print("embedded PostgreSQL stopped" if stopped else "embedded PostgreSQL was not running")
+    console.print(
+        "embedded PostgreSQL stopped" if stopped else "embedded PostgreSQL was not running"
+    )
 
 
 app.add_typer(db_app, name="db")

@@ -18,7 +18,9 @@ from dualwrite.errors import DualwriteError
 @cli_errors
 def seed(
     rows: Annotated[int, typer.Option(min=1, max=50_000_000, help="rows to insert")] = 10_000,
-    workspaces: Annotated[int, typer.Option(min=1, max=100_000, help="workspaces to spread over")] = 10,
+    workspaces: Annotated[
+        int, typer.Option(min=1, max=100_000, help="workspaces to spread over")
+    ] = 10,
     random_seed: Annotated[int, typer.Option("--seed", help="deterministic generator seed")] = 1,
 ) -> None:
     """Insert realistic fake plaintext clients with COPY (reference service schema)."""
@@ -30,7 +32,9 @@ def seed(
 
     async def go() -> int:
         async with open_engine(s) as engine:
-            n: int = await module.seed_clients(engine, rows, workspaces=workspaces, seed=random_seed)
+            n: int = await module.seed_clients(
+                engine, rows, workspaces=workspaces, seed=random_seed
+            )
             return n
 
     started = time.perf_counter()
