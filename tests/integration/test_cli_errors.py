@@ -67,3 +67,20 @@ def test_unusable_embedded_data_folder(data_dir: str) -> None:
 def test_invalid_setting_is_one_line() -> None:
     proc = run_cli("db", "current", env={"POLL_INTERVAL_SECONDS": "-3"})
     assert_one_line_error(proc, "POLL_INTERVAL_SECONDS")
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"ENCRYPTION_KEY": "not-base64!!"}, "ENCRYPTION_KEY"),
+        ({"ENCRYPTION_KEY": "AAAAAAAAAAAAAAAAAAAAAA=="}, "ENCRYPTION_KEY"),  # 16 bytes
+        (
+            {"ENCRYPTION_KEYS": "v1=" + "A" * 43 + "=", "ENCRYPTION_CURRENT_KEY": "v2"},
+            "ENCRYPTION_CURRENT_KEY",
+        ),
+    ],
+)
+def test_serve_refuses_to_start_with_a_malformed_key(env: dict[str, str], needle: str) -> None:
+    proc = run_cli("serve", "--port", "1", env=env)  # never binds: the key check comes first
+    assert_one_line_error(proc, needle)
+    assert "AAAAAAAA" not in proc.stderr

@@ -15,8 +15,9 @@ from typing import Annotated
 import typer
 
 from dualwrite.cli import app
-from dualwrite.cli._common import cli_errors, settings
-from dualwrite.errors import ConfigError
+from dualwrite.cli._common import cli_errors, err_console, settings
+from dualwrite.config import Settings
+from dualwrite.errors import ConfigError, MissingKeyError
 
 
 def check_factory(target: str) -> None:
@@ -34,6 +35,19 @@ def check_factory(target: str) -> None:
         raise ConfigError(f"REFERENCE_APP: {module_name} has no callable {attribute}")
 
 
+def preflight_keys(s: Settings) -> None:
+    """Fail start-up on malformed key settings (bad base64, wrong length, duplicate versions,
+    current version missing). No key at all is allowed: the instance serves a migration still in
+    ``plaintext`` and refuses writes that need encryption with 503 (a warning says so)."""
+    from dualwrite.crypto import BlindIndex, load_keyring
+
+    for load in (load_keyring, BlindIndex.from_settings):
+        try:
+            load(s)
+        except MissingKeyError as exc:
+            err_console.print(f"warning: {exc}; writes that need encryption will answer 503")
+
+
 @app.command("serve")
 @cli_errors
 def serve(
@@ -45,7 +59,9 @@ def serve(
     """Serve the reference clients API (REFERENCE_APP) with uvicorn."""
     import uvicorn
 
-    target = settings().reference_app
+    s = settings()
+    preflight_keys(s)
+    target = s.reference_app
     check_factory(target)
     uvicorn.run(
         target,
