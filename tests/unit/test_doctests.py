@@ -19,6 +19,7 @@ MODULES = [
     "dualwrite.guards",
     "dualwrite.crypto.cipher",
     "dualwrite.crypto.keyring",
+    "dualwrite.crypto.providers",
     "dualwrite.crypto.blind_index",
     "clients_service.seed",
 ]

@@ -19,7 +19,7 @@ import typer
 from rich.table import Table
 
 from dualwrite.cli._common import cli_errors, console, echo_json, err_console, settings
-from dualwrite.crypto.keyring import (
+from dualwrite.crypto import (
     generate_key,
     is_version_label,
     load_blind_index_key,

@@ -19,14 +19,12 @@ from dualwrite.crypto.cipher import (
     key_version_of,
     row_key_of,
 )
-from dualwrite.crypto.keyring import (
-    DataKey,
+from dualwrite.crypto.keyring import DataKey, Keyring, is_version_label
+from dualwrite.crypto.providers import (
     EnvKeyProvider,
     FileKeyProvider,
     KeyProvider,
-    Keyring,
     generate_key,
-    is_version_label,
     load_blind_index_key,
     load_keyring,
 )

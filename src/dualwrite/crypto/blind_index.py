@@ -32,7 +32,7 @@ import hmac
 import unicodedata
 from typing import TYPE_CHECKING, Literal
 
-from dualwrite.crypto.keyring import load_blind_index_key
+from dualwrite.crypto.providers import load_blind_index_key
 from dualwrite.errors import KeyringError
 
 if TYPE_CHECKING:
