@@ -23,7 +23,6 @@ import asyncio
 import base64
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import time
