@@ -24,7 +24,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from dualwrite import store
@@ -40,7 +39,7 @@ from dualwrite.phases import (
     next_phase,
     previous_phase,
 )
-from dualwrite.store import MigrationState
+from dualwrite.store import MigrationState, list_checkpoints
 from dualwrite.transitions import gather_facts
 
 
@@ -61,19 +60,6 @@ def state_summary(state: MigrationState) -> dict[str, Any]:
         "behaviour": behaviour(state.phase).describe(),
         "backfill_control": dict(state.backfill_control),
     }
-
-
-async def list_checkpoints(conn: AsyncConnection, migration: str) -> list[store.Checkpoint]:
-    """Every backfill checkpoint of ``migration`` (one per mode and shard)."""
-    rows = await conn.execute(
-        text(
-            "SELECT migration, mode, shard, run_id, last_key, rows_done, rows_failed, "
-            "started_at, updated_at, finished_at FROM dualwrite_checkpoints WHERE "
-            "migration = :m ORDER BY mode, shard"
-        ),
-        {"m": migration},
-    )
-    return [store.Checkpoint(**r._mapping) for r in rows]
 
 
 def _instance(i: InstanceView, facts: Facts, live: set[str]) -> dict[str, Any]:
