@@ -31,6 +31,9 @@ Status codes (every error body is one line: ``{"detail": "..."}``):
 503    ``ADMIN_TOKEN`` unset, no :class:`AdminContext`, or the database is unreachable
 =====  ==========================================================================================
 
+Request bodies and the failure-to-status mapping live in :mod:`dualwrite.admin_models` (the
+model names are re-exported here).
+
 Audit: phase changes follow :mod:`dualwrite.transitions` (applied and guard-refused changes get
 a row; requests rejected before the guards run do not). Backfill knob changes (pause, resume,
 patch) write a row with ``action='backfill_control'``; gate results are their own record
@@ -49,28 +52,45 @@ from typing import Any
 from alembic.config import Config
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import DBAPIError, InterfaceError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dualwrite import store
-from dualwrite.config import Settings
-from dualwrite.errors import (
-    ConfigError,
-    DatabaseUnavailableError,
-    DualwriteError,
-    GuardsFailedError,
-    IllegalTransitionError,
-    UnknownMigrationError,
-    UnknownPhaseError,
+from dualwrite.admin_models import (
+    ERROR_RESPONSES,
+    AdminRequestError,
+    BackfillKnobs,
+    BackfillPause,
+    ErrorBody,
+    GateResult,
+    GuardFailure,
+    PhaseChange,
+    dualwrite_error_response,
+    error_response,
+    validation_error_response,
 )
+from dualwrite.config import Settings
+from dualwrite.errors import DualwriteError
 from dualwrite.phases import Phase
 from dualwrite.propagation import PhaseWatcher
 from dualwrite.report import migration_report, state_summary
-from dualwrite.transitions import ReasonRequiredError, change_phase
+from dualwrite.transitions import change_phase
+
+__all__ = [
+    "ADMIN_MAX_BODY_BYTES",
+    "STATE_ATTRIBUTE",
+    "AdminContext",
+    "AdminRequestError",
+    "BackfillKnobs",
+    "BackfillPause",
+    "ErrorBody",
+    "GateResult",
+    "GuardFailure",
+    "PhaseChange",
+    "admin_router",
+]
 
 log = logging.getLogger("dualwrite.admin")
 
@@ -96,117 +116,6 @@ class AdminContext:
     watcher: PhaseWatcher | None = None
     alembic_cfg: Config | None = None
     actor_prefix: str = "admin-api"
-
-
-# --- request and response bodies --------------------------------------------------------------
-
-
-class PhaseChange(BaseModel):
-    """``POST /admin/migrations/{name}/phase``."""
-
-    model_config = ConfigDict(extra="forbid")
-    target: str = Field(max_length=64, description="phase to move to, one step from the current")
-    reason: str | None = Field(default=None, max_length=2000, description="kept in the audit log")
-    force: bool = Field(default=False, description="override failing guards (needs a reason)")
-    expected_version: int | None = Field(
-        default=None, ge=1, description="refuse with 409 unless the state is at this version"
-    )
-    actor: str | None = Field(
-        default=None, max_length=200, description="who asks (recorded as admin-api:<actor>)"
-    )
-
-
-class BackfillKnobs(BaseModel):
-    """``PATCH /admin/migrations/{name}/backfill``: any subset of the knobs."""
-
-    model_config = ConfigDict(extra="forbid")
-    batch_size: int | None = Field(default=None, ge=1, le=100_000)
-    max_rows_per_second: float | None = Field(
-        default=None, ge=0, le=10_000_000, description="0 = unlimited"
-    )
-    sleep_ratio: float | None = Field(
-        default=None, ge=0, le=100, description="sleep this many times each batch's duration"
-    )
-    reason: str | None = Field(default=None, max_length=2000)
-
-
-class BackfillPause(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    reason: str | None = Field(default=None, max_length=2000)
-
-
-class GateResult(BaseModel):
-    """``POST /admin/migrations/{name}/gate``: a latency-gate run (see loadtests/)."""
-
-    model_config = ConfigDict(extra="forbid")
-    phase: str = Field(max_length=64, description="the phase the gate ran in")
-    passed: bool
-    summary: dict[str, Any] = Field(default_factory=dict, description="per-endpoint p95s etc.")
-
-
-class GuardFailure(BaseModel):
-    guard: str
-    reason: str
-
-
-class ErrorBody(BaseModel):
-    detail: str
-    failures: list[GuardFailure] | None = None
-
-
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody, "description": text}
-    for code, text in (
-        (400, "malformed body, unknown phase, illegal move, force without reason"),
-        (401, "missing or wrong bearer token"),
-        (404, "unknown migration"),
-        (409, "guards refuse (every failing guard listed) or a concurrent change won"),
-        (413, "body larger than 64 KiB"),
-        (422, "body of the wrong shape"),
-        (503, "ADMIN_TOKEN unset or database unreachable"),
-    )
-}
-
-
-# --- errors -----------------------------------------------------------------------------------
-
-
-class AdminRequestError(DualwriteError):
-    """A request that is well-formed JSON but asks for nothing sensible (HTTP 400)."""
-
-
-def _error(status: int, detail: str, **extra: Any) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse({"detail": detail, **extra}, status_code=status, headers=headers)
-
-
-def _validation_error(exc: RequestValidationError) -> JSONResponse:
-    errors = list(exc.errors())
-    first = errors[0] if errors else {}
-    if first.get("type") == "json_invalid":
-        return _error(400, "malformed JSON body")
-    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return _error(422, f"invalid {where}: {first.get('msg', 'invalid value')}{more}")
-
-
-def _dualwrite_error(exc: DualwriteError) -> JSONResponse:
-    if isinstance(exc, UnknownMigrationError):
-        return _error(404, str(exc))
-    if isinstance(
-        exc, UnknownPhaseError | IllegalTransitionError | ReasonRequiredError | AdminRequestError
-    ):
-        return _error(400, str(exc))
-    if isinstance(exc, GuardsFailedError):
-        failures = [
-            dict(zip(("guard", "reason"), f.split(": ", 1), strict=False)) for f in exc.failures
-        ]
-        return _error(409, str(exc), failures=failures)
-    if isinstance(exc, DatabaseUnavailableError):
-        return _error(503, str(exc))
-    if isinstance(exc, ConfigError):
-        return _error(500, f"server misconfigured: {exc}")
-    return _error(409, str(exc))  # other refusals depend on the current state
 
 
 def _bearer_ok(request: Request, token: str) -> bool:
@@ -254,22 +163,22 @@ def admin_router(context: AdminContext | None = None) -> APIRouter:
             async def guarded(request: Request) -> Response:
                 ctx = resolve(request)
                 if ctx is None:
-                    return _error(503, "admin API not configured (no AdminContext)")
+                    return error_response(503, "admin API not configured (no AdminContext)")
                 token = ctx.settings.admin_token
                 if token is None or not token.get_secret_value():
-                    return _error(503, "admin API disabled: ADMIN_TOKEN is not set")
+                    return error_response(503, "admin API disabled: ADMIN_TOKEN is not set")
                 if not _bearer_ok(request, token.get_secret_value()):
-                    return _error(401, "missing or wrong bearer token")
+                    return error_response(401, "missing or wrong bearer token")
                 if request.method in ("POST", "PATCH", "PUT") and (
                     await _read_limited_body(request) is None
                 ):
-                    return _error(413, f"body larger than {ADMIN_MAX_BODY_BYTES} bytes")
+                    return error_response(413, f"body larger than {ADMIN_MAX_BODY_BYTES} bytes")
                 try:
                     return await handler(request)
                 except RequestValidationError as exc:
-                    return _validation_error(exc)
+                    return validation_error_response(exc)
                 except DualwriteError as exc:
-                    return _dualwrite_error(exc)
+                    return dualwrite_error_response(exc)
                 except (DBAPIError, InterfaceError, OSError) as exc:
                     log.warning(
                         "admin %s %s: database error %s",
@@ -277,7 +186,7 @@ def admin_router(context: AdminContext | None = None) -> APIRouter:
                         self.path,
                         type(exc).__name__,
                     )
-                    return _error(503, f"database unavailable ({type(exc).__name__})")
+                    return error_response(503, f"database unavailable ({type(exc).__name__})")
 
             return guarded
 
@@ -287,7 +196,7 @@ def admin_router(context: AdminContext | None = None) -> APIRouter:
         tags=["admin"],
         route_class=AdminRoute,
         dependencies=[Depends(bearer)],  # documents the scheme; AdminRoute enforces it first
-        responses=_ERRORS,
+        responses=ERROR_RESPONSES,
     )
 
     def ctx_of(request: Request) -> AdminContext:

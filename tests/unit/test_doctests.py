@@ -20,6 +20,7 @@ MODULES = [
     "dualwrite.crypto.cipher",
     "dualwrite.crypto.keyring",
     "dualwrite.crypto.providers",
+    "dualwrite.admin_models",
     "dualwrite.crypto.blind_index",
     "clients_service.seed",
 ]
