@@ -1,7 +1,8 @@
 """The ``dualwrite`` command line.
 
-Each command group lives in its own module (``db``, ``keys``, ``phase``, ``backfill``, ...)
-and is registered here. Expected failures print ``error: ...`` on stderr and exit non-zero.
+Each command group lives in its own module (``db``, ``keys``, ``phase``, ``backfill``, ...),
+imported explicitly at the bottom of this one. Expected failures print ``error: ...`` on
+stderr and exit non-zero.
 
     $ dualwrite keys generate
     $ dualwrite db upgrade
@@ -9,8 +10,6 @@ and is registered here. Expected failures print ``error: ...`` on stderr and exi
 """
 
 from __future__ import annotations
-
-import importlib
 
 import typer
 
@@ -22,20 +21,26 @@ app = typer.Typer(
     add_completion=False,
 )
 
-# Command modules register themselves on ``app`` when imported. A module that is not there yet
-# is skipped, so the CLI grows as the framework does.
-_COMMAND_MODULES = (
-    "db", "keys", "seed", "phase", "status", "serve", "backfill", "verify", "gate", "demo",
-)
-
-for _name in _COMMAND_MODULES:
-    try:
-        importlib.import_module(f"dualwrite.cli.{_name}")
-    except ModuleNotFoundError as _exc:
-        if _exc.name != f"dualwrite.cli.{_name}":
-            raise
-
 
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+# Each command module registers itself on ``app`` when imported, so this order is the order of
+# ``dualwrite --help`` (commands first, then groups). A missing or broken module is an import
+# error. The modules import their heavy dependencies (SQLAlchemy, Alembic, uvicorn, the
+# backfiller) inside the commands, so ``dualwrite --help`` stays quick.
+# isort: off
+from dualwrite.cli import db  # noqa: E402, F401
+from dualwrite.cli import keys  # noqa: E402, F401
+from dualwrite.cli import seed  # noqa: E402, F401
+from dualwrite.cli import phase  # noqa: E402, F401
+from dualwrite.cli import status  # noqa: E402, F401
+from dualwrite.cli import serve  # noqa: E402, F401
+from dualwrite.cli import backfill  # noqa: E402, F401
+from dualwrite.cli import verify  # noqa: E402, F401
+from dualwrite.cli import gate  # noqa: E402, F401
+from dualwrite.cli import demo  # noqa: E402, F401
+
+# isort: on
