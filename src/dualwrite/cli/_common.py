@@ -10,13 +10,15 @@ import asyncio
 import functools
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
 
-from dualwrite.config import Settings, load_settings
 from dualwrite.errors import DualwriteError
+
+if TYPE_CHECKING:
+    from dualwrite.config import Settings
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -66,6 +68,8 @@ def run_async(coro: Coroutine[Any, Any, T] | Awaitable[T]) -> T:
 
 def settings() -> Settings:
     """Settings for this CLI invocation (environment + ``.env``)."""
+    from dualwrite.config import load_settings  # pydantic-settings: not needed for --help
+
     return load_settings()
 
 

@@ -20,14 +20,9 @@ from typing import Annotated
 
 import typer
 
-from dualwrite.backfill import Backfiller, BackfillOptions
-from dualwrite.backfill_progress import default_sink
 from dualwrite.cli import app
 from dualwrite.cli._common import cli_errors, echo_json, run_async, settings
-from dualwrite.crypto import BlindIndex, FieldCipher, load_keyring
-from dualwrite.db import open_engine
 from dualwrite.errors import DualwriteError, MissingKeyError
-from dualwrite.metrics import Metrics
 from dualwrite.phases import BackfillMode
 
 
@@ -55,6 +50,13 @@ def backfill(
         raise DualwriteError(str(exc)) from None
     if workers > 1:
         raise typer.Exit(_spawn(workers))
+    # imported here, not at the top, so that ``dualwrite --help`` stays quick
+    from dualwrite.backfill import Backfiller, BackfillOptions
+    from dualwrite.backfill_progress import JsonLinesProgress, default_sink
+    from dualwrite.crypto import BlindIndex, FieldCipher, load_keyring
+    from dualwrite.db import open_engine
+    from dualwrite.metrics import Metrics
+
     s = settings()
     keyring = load_keyring(s)
     bidx: BlindIndex | None
@@ -81,8 +83,6 @@ def backfill(
         from prometheus_client import start_http_server
 
         start_http_server(metrics_port, registry=metrics.registry)
-    from dualwrite.backfill_progress import JsonLinesProgress
-
     sink = JsonLinesProgress(sys.stdout) if json_lines else default_sink(sys.stdout)
 
     async def go() -> dict[str, object]:

@@ -6,10 +6,10 @@ from typing import Annotated
 
 import typer
 
-from dualwrite import migrate
 from dualwrite.cli import app
 from dualwrite.cli._common import cli_errors, console, run_async, settings
-from dualwrite.db import open_engine, stop_embedded
+
+# Alembic and SQLAlchemy are imported inside the commands: ``dualwrite --help`` stays quick.
 
 db_app = typer.Typer(
     help="Schema migrations (Alembic) and the embedded PostgreSQL.", no_args_is_help=True
@@ -24,6 +24,9 @@ def upgrade(
     ] = None,
 ) -> None:
     """Apply revisions up to and including the expand (never the contract: see `finalize`)."""
+    from dualwrite import migrate
+    from dualwrite.db import open_engine
+
     s = settings()
 
     async def go() -> str | None:
@@ -39,6 +42,9 @@ def upgrade(
 @cli_errors
 def downgrade(revision: Annotated[str, typer.Argument(help="target revision, -1 or base")]) -> None:
     """Revert revisions down to REVISION."""
+    from dualwrite import migrate
+    from dualwrite.db import open_engine
+
     s = settings()
 
     async def go() -> str | None:
@@ -54,6 +60,9 @@ def downgrade(revision: Annotated[str, typer.Argument(help="target revision, -1 
 @cli_errors
 def current() -> None:
     """Print the revision the database is at."""
+    from dualwrite import migrate
+    from dualwrite.db import open_engine
+
     s = settings()
 
     async def go() -> str | None:
@@ -67,6 +76,8 @@ def current() -> None:
 @cli_errors
 def stop() -> None:
     """Stop the embedded PostgreSQL (no-op with DATABASE_URL)."""
+    from dualwrite.db import stop_embedded
+
     s = settings()
     if s.database_url:
         console.print("DATABASE_URL is set: nothing to stop")

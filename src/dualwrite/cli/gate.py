@@ -9,10 +9,8 @@ import typer
 from rich.table import Table
 
 from dualwrite import gate as gate_mod
-from dualwrite import store
 from dualwrite.cli import app
 from dualwrite.cli._common import cli_errors, console, echo_json, fail, run_async, settings
-from dualwrite.db import open_engine
 
 
 @app.command("gate")
@@ -45,6 +43,9 @@ def gate(
     verdict = gate_mod.judge(stats, thresholds)
 
     async def save() -> str:
+        from dualwrite import store  # SQLAlchemy: imported here so --help stays quick
+        from dualwrite.db import open_engine
+
         async with open_engine(s) as engine, engine.begin() as conn:
             state = await store.get_migration(conn, migration)
             await store.record_gate(conn, migration, state.phase, verdict.passed, verdict.summary())

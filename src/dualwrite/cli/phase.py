@@ -16,19 +16,21 @@ from __future__ import annotations
 
 import getpass
 import socket
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from dualwrite import store, transitions
 from dualwrite.cli import app
 from dualwrite.cli._common import cli_errors, console, echo_json, err_console, run_async, settings
-from dualwrite.config import Settings
-from dualwrite.db import open_engine
 from dualwrite.errors import DualwriteError, GuardsFailedError
-from dualwrite.report import state_summary
-from dualwrite.store import MigrationState
+
+if TYPE_CHECKING:
+    from dualwrite.config import Settings
+    from dualwrite.store import MigrationState
+
+# SQLAlchemy-backed modules (store, transitions, report, db) are imported inside the functions:
+# ``dualwrite --help`` stays quick.
 
 phase_app = typer.Typer(help="Show or change the phase of a migration.", no_args_is_help=True)
 
@@ -62,6 +64,8 @@ def refused(exc: GuardsFailedError) -> typer.Exit:
 
 
 def print_states(states: list[MigrationState]) -> None:
+    from dualwrite.report import state_summary
+
     table = Table("migration", "table", "phase", "version", "changed at", "reads", "writes")
     for s in states:
         b = state_summary(s)["behaviour"]
@@ -93,6 +97,10 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Show the phase and version of one or every migration."""
+    from dualwrite import store
+    from dualwrite.db import open_engine
+    from dualwrite.report import state_summary
+
     s = settings()
 
     async def go() -> list[MigrationState]:
@@ -111,6 +119,9 @@ def show(
 async def _change(
     s: Settings, name: str, target: str, *, actor: str, reason: str | None, force: bool
 ) -> MigrationState:
+    from dualwrite import transitions
+    from dualwrite.db import open_engine
+
     async with open_engine(s) as engine:
         return await transitions.change_phase(
             engine,

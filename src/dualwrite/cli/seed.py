@@ -10,7 +10,6 @@ import typer
 
 from dualwrite.cli import app
 from dualwrite.cli._common import cli_errors, console, run_async, settings
-from dualwrite.db import open_engine
 from dualwrite.errors import DualwriteError
 
 
@@ -24,6 +23,8 @@ def seed(
     random_seed: Annotated[int, typer.Option("--seed", help="deterministic generator seed")] = 1,
 ) -> None:
     """Insert realistic fake plaintext clients with COPY (reference service schema)."""
+    from dualwrite.db import open_engine  # SQLAlchemy: imported here so --help stays quick
+
     s = settings()
     try:
         module = importlib.import_module(s.reference_seed_module)

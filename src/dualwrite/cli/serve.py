@@ -10,14 +10,16 @@ process starts its own phase watcher, which heartbeats the phase it observes.
 from __future__ import annotations
 
 import importlib
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from dualwrite.cli import app
 from dualwrite.cli._common import cli_errors, err_console, settings
-from dualwrite.config import Settings
 from dualwrite.errors import ConfigError, MissingKeyError
+
+if TYPE_CHECKING:
+    from dualwrite.config import Settings
 
 
 def check_factory(target: str) -> None:

@@ -16,12 +16,9 @@ from rich.console import Group
 from rich.panel import Panel
 from rich.table import Table
 
-from dualwrite import store
 from dualwrite.cli import app
 from dualwrite.cli._common import cli_errors, console, echo_json, run_async, settings
 from dualwrite.cli.phase import current_key_version
-from dualwrite.db import open_engine
-from dualwrite.report import migration_report
 
 
 def _short(ts: str | None) -> str:
@@ -114,6 +111,10 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Phase, coverage, backfill progress, last verification/gate and fleet on one screen."""
+    from dualwrite import store  # SQLAlchemy-backed: imported here so --help stays quick
+    from dualwrite.db import open_engine
+    from dualwrite.report import migration_report
+
     s = settings()
     key = current_key_version(s)
 

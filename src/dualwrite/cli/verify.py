@@ -15,13 +15,9 @@ from typing import Annotated
 
 import typer
 
-from dualwrite import store
 from dualwrite.cli import app
 from dualwrite.cli._common import cli_errors, console, echo_json, run_async, settings
-from dualwrite.crypto import BlindIndex, FieldCipher, load_keyring
-from dualwrite.db import open_engine
 from dualwrite.errors import DualwriteError, MissingKeyError
-from dualwrite.verify import verify as run_verify
 
 
 @app.command("verify")
@@ -36,6 +32,12 @@ def verify(
     """Verify ciphertexts against plaintext; record the result; exit 1 on any problem."""
     if full == (sample is not None):
         raise DualwriteError("choose exactly one of --full or --sample N")
+    # imported here, not at the top, so that ``dualwrite --help`` stays quick
+    from dualwrite import store
+    from dualwrite.crypto import BlindIndex, FieldCipher, load_keyring
+    from dualwrite.db import open_engine
+    from dualwrite.verify import verify as run_verify
+
     s = settings()
     cipher = FieldCipher(load_keyring(s))
     try:
