@@ -99,17 +99,12 @@ def transform(codec: RowCodec, mode: BackfillMode | str, rows: Sequence[Row]) ->
 
 def _encrypt(codec: RowCodec, rows: Sequence[Row]) -> list[list[Any]]:
     """Per field: ciphertext where missing, blind index where missing (from the plaintext)."""
-    enc, table, rks = codec.cipher.encrypt, codec.spec.table, _row_keys(rows)
+    enc_many, table, rks = codec.cipher.encrypt_many, codec.spec.table, _row_keys(rows)
     cols: list[list[Any]] = []
     for j, f in enumerate(codec.spec.fields):
         p, cm, bm = 1 + 3 * j, 2 + 3 * j, 3 + 3 * j
-        name = f.name
-        cols.append(
-            [
-                enc(r[p], table=table, column=name, row_key=rk) if r[cm] else None
-                for r, rk in zip(rows, rks, strict=True)
-            ]
-        )
+        todo = [(r[p] if r[cm] else None, rk) for r, rk in zip(rows, rks, strict=True)]
+        cols.append(enc_many(todo, table=table, column=f.name))
         if f.blind_index:
             kind, compute = f.blind_index, _compute(codec)
             cols.append([compute(r[p], kind) if r[bm] else None for r in rows])

@@ -202,19 +202,28 @@ class FieldCipher:
     def encrypt_many(
         self, items: Iterable[tuple[str | None, str]], *, table: str, column: str
     ) -> list[bytes | None]:
-        """:meth:`encrypt` each ``(value, row_key)`` of one column, in order."""
+        """:meth:`encrypt` each ``(value, row_key)`` of one column, in order.
+
+        Faster than one :meth:`encrypt` per value: the nonces come from ONE ``os.urandom``
+        call per batch (a system call per value costs as much as the AES itself); every nonce
+        is still 12 fresh random bytes.
+        """
         if table not in self._enc or column not in self._enc[table]:
             self._slots_for(table, column)
         head, seal, pres = self._enc[table][column]
+        pairs = items if isinstance(items, list | tuple) else list(items)
+        nonces = _urandom(NONCE_BYTES * len(pairs))
         out: list[bytes | None] = []
-        append, urandom = out.append, _urandom
-        for value, row_key in items:
+        append = out.append
+        at = 0
+        for value, row_key in pairs:
             if value is None:
                 append(None)
                 continue
             try:
                 rk = row_key.encode()
-                nonce = urandom(12)
+                nonce = nonces[at : at + 12]
+                at += 12
                 append(head + nonce + seal(nonce, value.encode(), pres[len(rk)] + rk))
             except (LookupError, TypeError, AttributeError, ValueError):
                 append(self.encrypt(value, table=table, column=column, row_key=row_key))
