@@ -13,6 +13,11 @@ are ISO 8601 strings, so the dict can go straight to JSON.
 * ``backfill.remaining`` is coverage-based, per mode: ``encrypt`` = rows whose ciphertext or
   blind index is missing, ``decrypt`` = rows with ciphertext but no plaintext, ``purge`` = rows
   still holding plaintext. ``backfill.rows_done`` sums the checkpoints per mode.
+* ``backfill.rate_rows_per_s`` (per mode with a checkpoint) is the current run's throughput:
+  its rows done over ``updated_at - started_at`` (all shards of the mode together), ``null`` when
+  the checkpoints lack those times or the span is not positive. ``backfill.eta_seconds`` is
+  ``remaining / rate``: ``null`` when the rate is ``null`` or 0, when every checkpoint of the mode
+  is finished (no run is going), or for ``rekey`` (coverage does not count what is left to re-key).
 * ``fleet.instances[].live`` uses the guards' definition (a heartbeat within 3 poll intervals
   on the database clock); ``up_to_date`` means it observed the current state version.
 * ``moves`` evaluates the next and previous phase's guards now (``null`` at either end), so an
@@ -21,6 +26,7 @@ are ISO 8601 strings, so the dict can go straight to JSON.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -60,6 +66,44 @@ def state_summary(state: MigrationState) -> dict[str, Any]:
         "behaviour": behaviour(state.phase).describe(),
         "backfill_control": dict(state.backfill_control),
     }
+
+
+def backfill_rates(
+    checkpoints: Sequence[store.Checkpoint], remaining: Mapping[str, int]
+) -> dict[str, dict[str, float | None]]:
+    """Per mode: ``rate_rows_per_s`` and ``eta_seconds`` of its run (pure; see the module doc).
+
+    >>> from datetime import UTC, datetime, timedelta
+    >>> t0 = datetime(2025, 1, 1, tzinfo=UTC)
+    >>> cp = store.Checkpoint("m", "encrypt", rows_done=500, started_at=t0,
+    ...                       updated_at=t0 + timedelta(seconds=10))
+    >>> backfill_rates([cp], {"encrypt": 1000})
+    {'encrypt': {'rate_rows_per_s': 50.0, 'eta_seconds': 20.0}}
+    >>> backfill_rates([cp], {"encrypt": 0})["encrypt"]["eta_seconds"]
+    0.0
+    >>> backfill_rates([store.Checkpoint("m", "purge", rows_done=3)], {"purge": 9})
+    {'purge': {'rate_rows_per_s': None, 'eta_seconds': None}}
+    """
+    by_mode: dict[str, list[store.Checkpoint]] = {}
+    for cp in checkpoints:
+        by_mode.setdefault(cp.mode, []).append(cp)
+    rates: dict[str, dict[str, float | None]] = {}
+    for mode, cps in by_mode.items():
+        starts = [cp.started_at for cp in cps if cp.started_at is not None]
+        updates = [cp.updated_at for cp in cps if cp.updated_at is not None]
+        span = (
+            (max(updates) - min(starts)).total_seconds()
+            if len(starts) == len(updates) == len(cps)
+            else 0.0
+        )
+        rate = sum(cp.rows_done for cp in cps) / span if span > 0 else None
+        running = any(cp.finished_at is None for cp in cps)
+        eta = remaining[mode] / rate if rate and running and mode in remaining else None
+        rates[mode] = {
+            "rate_rows_per_s": None if rate is None else round(rate, 3),
+            "eta_seconds": None if eta is None else round(eta, 1),
+        }
+    return rates
 
 
 def _instance(i: InstanceView, facts: Facts, live: set[str]) -> dict[str, Any]:
@@ -110,6 +154,12 @@ async def migration_report(
     rows_done: dict[str, int] = {}
     for cp in checkpoints:
         rows_done[cp.mode] = rows_done.get(cp.mode, 0) + cp.rows_done
+    remaining = {
+        "encrypt": cov.rows_missing_ciphertext,
+        "decrypt": cov.rows_ciphertext_without_plaintext,
+        "purge": cov.rows_with_plaintext,
+    }
+    rates = backfill_rates(checkpoints, remaining)
     moves: dict[str, Any] = {}
     for direction, target in (
         ("forward", next_phase(state.phase)),
@@ -133,11 +183,9 @@ async def migration_report(
         "backfill": {
             "control": dict(state.backfill_control),
             "rows_done": rows_done,
-            "remaining": {
-                "encrypt": cov.rows_missing_ciphertext,
-                "decrypt": cov.rows_ciphertext_without_plaintext,
-                "purge": cov.rows_with_plaintext,
-            },
+            "remaining": remaining,
+            "rate_rows_per_s": {m: r["rate_rows_per_s"] for m, r in rates.items()},
+            "eta_seconds": {m: r["eta_seconds"] for m, r in rates.items()},
             "finished_at": _ts(facts.backfill_finished_at),
             "checkpoints": [
                 {

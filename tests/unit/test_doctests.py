@@ -21,6 +21,7 @@ MODULES = [
     "dualwrite.crypto.keyring",
     "dualwrite.crypto.providers",
     "dualwrite.admin_models",
+    "dualwrite.report",
     "dualwrite.crypto.blind_index",
     "clients_service.seed",
 ]

@@ -35,11 +35,31 @@ def _kv(rows: list[tuple[str, str]]) -> Table:
     return t
 
 
+def _duration(seconds: float) -> str:
+    """``3725.0`` -> ``1h02m05s``; ``42.4`` -> ``42s``."""
+    total = round(seconds)
+    h, rest = divmod(total, 3600)
+    m, sec = divmod(rest, 60)
+    return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s" if m else f"{sec}s"
+
+
+def _done(mode: str, rows: int, backfill: dict[str, Any]) -> str:
+    """``encrypt 1200 (400 rows/s, ETA 5s)``: rows done with the run's rate and ETA, if known."""
+    rate = backfill["rate_rows_per_s"].get(mode)
+    eta = backfill["eta_seconds"].get(mode)
+    shown = []
+    if rate is not None:
+        shown.append(f"{rate:,.0f} rows/s")
+    if eta is not None:
+        shown.append(f"ETA {_duration(eta)}")
+    return f"{mode} {rows}" + (f" ({', '.join(shown)})" if shown else "")
+
+
 def render(report: dict[str, Any]) -> Panel:
     """The rich panel of one :func:`~dualwrite.report.migration_report`."""
     b, cov, bf = report["behaviour"], report["coverage"], report["backfill"]
     ver, gate = report["last_verification"], report["last_gate"]
-    done = ", ".join(f"{m} {n}" for m, n in sorted(bf["rows_done"].items())) or "none"
+    done = ", ".join(_done(m, n, bf) for m, n in sorted(bf["rows_done"].items())) or "none"
     remaining = ", ".join(f"{m} {n}" for m, n in bf["remaining"].items())
     knobs = ", ".join(f"{k}={v}" for k, v in sorted(bf["control"].items())) or "defaults"
     verification = (
