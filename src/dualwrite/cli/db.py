@@ -2,18 +2,42 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from dualwrite.cli import app
 from dualwrite.cli._common import cli_errors, console, run_async, settings
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from dualwrite.config import Settings
+
 # Alembic and SQLAlchemy are imported inside the commands: ``dualwrite --help`` stays quick.
 
 db_app = typer.Typer(
     help="Schema migrations (Alembic) and the embedded PostgreSQL.", no_args_is_help=True
 )
+
+
+def _migrate(
+    s: Settings, step: Callable[[AsyncEngine, Config], Awaitable[None]] | None = None
+) -> str | None:
+    """Run one Alembic ``step`` (if any) on the configured database; the revision it is at."""
+    from dualwrite import migrate
+    from dualwrite.db import open_engine
+
+    async def go() -> str | None:
+        cfg = migrate.alembic_config()
+        async with open_engine(s) as engine:
+            if step is not None:
+                await step(engine, cfg)
+            return await migrate.current(engine, cfg)
+
+    return run_async(go())
 
 
 @db_app.command("upgrade")
@@ -25,17 +49,10 @@ def upgrade(
 ) -> None:
     """Apply revisions up to and including the expand (never the contract: see `finalize`)."""
     from dualwrite import migrate
-    from dualwrite.db import open_engine
 
     s = settings()
-
-    async def go() -> str | None:
-        cfg = migrate.alembic_config()
-        async with open_engine(s) as engine:
-            await migrate.upgrade(engine, cfg, revision, settings=s)
-            return await migrate.current(engine, cfg)
-
-    console.print(f"database at revision {run_async(go())}")
+    reached = _migrate(s, lambda engine, cfg: migrate.upgrade(engine, cfg, revision, settings=s))
+    console.print(f"database at revision {reached}")
 
 
 @db_app.command("downgrade")
@@ -43,33 +60,17 @@ def upgrade(
 def downgrade(revision: Annotated[str, typer.Argument(help="target revision, -1 or base")]) -> None:
     """Revert revisions down to REVISION."""
     from dualwrite import migrate
-    from dualwrite.db import open_engine
 
     s = settings()
-
-    async def go() -> str | None:
-        cfg = migrate.alembic_config()
-        async with open_engine(s) as engine:
-            await migrate.downgrade(engine, cfg, revision, settings=s)
-            return await migrate.current(engine, cfg)
-
-    console.print(f"database at revision {run_async(go()) or 'base'}")
+    reached = _migrate(s, lambda engine, cfg: migrate.downgrade(engine, cfg, revision, settings=s))
+    console.print(f"database at revision {reached or 'base'}")
 
 
 @db_app.command("current")
 @cli_errors
 def current() -> None:
     """Print the revision the database is at."""
-    from dualwrite import migrate
-    from dualwrite.db import open_engine
-
-    s = settings()
-
-    async def go() -> str | None:
-        async with open_engine(s) as engine:
-            return await migrate.current(engine, migrate.alembic_config())
-
-    console.print(run_async(go()) or "base")
+    console.print(_migrate(settings()) or "base")
 
 
 @db_app.command("stop")

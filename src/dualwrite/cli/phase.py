@@ -26,6 +26,8 @@ from dualwrite.cli._common import cli_errors, console, echo_json, err_console, r
 from dualwrite.errors import DualwriteError, GuardsFailedError
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
     from dualwrite.config import Settings
     from dualwrite.store import MigrationState
 
@@ -63,6 +65,15 @@ def refused(exc: GuardsFailedError) -> typer.Exit:
     return typer.Exit(1)
 
 
+async def selected_states(conn: AsyncConnection, name: str | None) -> list[MigrationState]:
+    """Migration ``name``, or every migration when ``name`` is ``None`` (``show``, ``status``)."""
+    from dualwrite import store
+
+    if name is not None:
+        return [await store.get_migration(conn, name)]
+    return await store.list_migrations(conn)
+
+
 def print_states(states: list[MigrationState]) -> None:
     from dualwrite.report import state_summary
 
@@ -97,7 +108,6 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Show the phase and version of one or every migration."""
-    from dualwrite import store
     from dualwrite.db import open_engine
     from dualwrite.report import state_summary
 
@@ -105,9 +115,7 @@ def show(
 
     async def go() -> list[MigrationState]:
         async with open_engine(s) as engine, engine.connect() as conn:
-            if name is not None:
-                return [await store.get_migration(conn, name)]
-            return await store.list_migrations(conn)
+            return await selected_states(conn, name)
 
     states = run_async(go())
     if as_json:

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from dualwrite.cli import app
 from dualwrite.cli._common import cli_errors, console, echo_json, run_async, settings
-from dualwrite.cli.phase import current_key_version
+from dualwrite.cli.phase import current_key_version, selected_states
 
 
 def _short(ts: str | None) -> str:
@@ -131,8 +131,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Phase, coverage, backfill progress, last verification/gate and fleet on one screen."""
-    from dualwrite import store  # SQLAlchemy-backed: imported here so --help stays quick
-    from dualwrite.db import open_engine
+    from dualwrite.db import open_engine  # SQLAlchemy: imported here so --help stays quick
     from dualwrite.report import migration_report
 
     s = settings()
@@ -140,11 +139,7 @@ def status(
 
     async def go() -> list[dict[str, Any]]:
         async with open_engine(s) as engine, engine.connect() as conn:
-            states = (
-                [await store.get_migration(conn, name)]
-                if name is not None
-                else await store.list_migrations(conn)
-            )
+            states = await selected_states(conn, name)
             return [await migration_report(conn, st, s, key) for st in states]
 
     reports = run_async(go())

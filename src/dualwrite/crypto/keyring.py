@@ -251,20 +251,10 @@ class Keyring:
 # To keep ``from dualwrite.crypto.keyring import load_keyring`` working without an import cycle,
 # their names resolve lazily, on first access.
 
-_PROVIDER_NAMES = frozenset(
-    {
-        "EnvKeyProvider",
-        "FileKeyProvider",
-        "KeyProvider",
-        "generate_key",
-        "load_blind_index_key",
-        "load_keyring",
-    }
-)
-
 
 def __getattr__(name: str) -> object:
-    """``keyring.load_keyring`` and the other provider names, from :mod:`.providers`."""
-    if name in _PROVIDER_NAMES:
-        return getattr(importlib.import_module("dualwrite.crypto.providers"), name)
+    """``keyring.load_keyring`` and the other names of :mod:`.providers`, on first access."""
+    providers = importlib.import_module("dualwrite.crypto.providers")
+    if name in providers.__all__:
+        return getattr(providers, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
