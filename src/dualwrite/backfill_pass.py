@@ -1,12 +1,14 @@
-"""One pass of the backfiller over the key space: the two-connection batch pipeline.
+"""One pass of the backfiller over the key space: the batch pipeline.
 
-Batch *k* runs on connection ``k % 2`` as one transaction: claim (``FOR UPDATE SKIP LOCKED``)
--> transform in Python (in chunks, yielding to the event loop so the other connection's
-``UPDATE``/``COMMIT`` proceeds meanwhile) -> wait for batch *k-1* to commit -> one
-``UPDATE ... FROM unnest`` + checkpoint upsert -> commit. Batch *k+1* is claimed as soon as
-batch *k*'s last key is known. Knobs, phase and database health are checked before every
-claim; when the backfiller must hold back (paused, unhealthy, rate limit) the pipeline drains
-first, so no row stays locked while it waits.
+Batch *k* runs on connection ``k % depth`` as one transaction: claim (``FOR UPDATE SKIP
+LOCKED``) -> transform in Python (in chunks, yielding to the event loop so the other
+connections' ``UPDATE``/``COMMIT`` proceed meanwhile; one batch at a time, oldest first, so its
+write leaves as early as possible) -> one ``UPDATE ... FROM unnest`` + checkpoint upsert (the
+upsert waits on the checkpoint row for batch *k-1* to commit) -> commit. Batch *k+1* is claimed
+as soon as batch *k*'s last key is known, up to ``depth`` batches in flight.
+Knobs, phase and database health are checked before every claim; when the backfiller must
+hold back (paused, unhealthy, rate limit) the pipeline drains first, so no row stays locked
+while it waits.
 """
 
 from __future__ import annotations
@@ -61,8 +63,18 @@ async def _prepare(conn: asyncpg.Connection, sql: BackfillSql) -> _Statements:
     )
 
 
-async def _transform(codec: RowCodec, mode: BackfillMode, rows: Sequence[Any]) -> BatchResult:
-    """:func:`transform` in chunks, yielding between them (lets the other batch commit)."""
+async def _transform(
+    codec: RowCodec, mode: BackfillMode, rows: Sequence[Any], turn: asyncio.Lock
+) -> BatchResult:
+    """:func:`transform` in chunks, yielding between them (lets the other batches' network
+    I/O proceed); ``turn`` (FIFO) keeps the oldest batch's transform ahead of the others."""
+    async with turn:
+        return await _transform_chunks(codec, mode, rows)
+
+
+async def _transform_chunks(
+    codec: RowCodec, mode: BackfillMode, rows: Sequence[Any]
+) -> BatchResult:
     await asyncio.sleep(0)
     if len(rows) <= _CHUNK:
         return transform(codec, mode, rows)
@@ -92,6 +104,7 @@ async def _batch(
     size: int,
     key_fut: asyncio.Future[str | None],
     pos: Position,
+    turn: asyncio.Lock,
 ) -> _Done:
     """One batch, one transaction; returns its deltas (the driver adds them up in order)."""
     sql, codec = bf.sql, bf.codec
@@ -110,7 +123,7 @@ async def _batch(
         if not rows:
             await tr.rollback()
             return _Done(0, 0)
-        result = await _transform(codec, sql.mode, rows)
+        result = await _transform(codec, sql.mode, rows, turn)
         new_failures = [pk for pk in result.failed_pks if pk not in bf.failed_seen]
         bf.failed_seen.update(new_failures)
         o = bf.options
@@ -137,7 +150,7 @@ async def _batch(
 async def run_pass(
     bf: Backfiller,
     control: asyncpg.Connection,
-    conns: tuple[asyncpg.Connection, asyncpg.Connection],
+    conns: tuple[asyncpg.Connection, ...],
     pos: Position,
 ) -> tuple[int, int, str | None]:
     """Convert from ``pos.last_key`` to the end of the key space.
@@ -150,6 +163,7 @@ async def run_pass(
     stmts = [await _prepare(c, sql) for c in conns]
     read_state = await control.prepare(sql.read_state())
     jobs: deque[asyncio.Task[_Done]] = deque()
+    transform_turn = asyncio.Lock()
     last = _Done(0, 0)
     written = stuck = turn = 0
     window_rows, window_start = 0, time.monotonic()
@@ -217,7 +231,7 @@ async def run_pass(
                 if await hold("health", o.health_every_seconds):
                     break
                 continue
-            if len(jobs) == 2:
+            if len(jobs) >= len(conns):
                 account(await jobs.popleft())
                 wait = delay_after_batch(
                     knobs, rows=last.result.written if last.result else 0,
@@ -228,9 +242,10 @@ async def run_pass(
                     break
             key_fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
             jobs.append(asyncio.create_task(
-                _batch(bf, conns[turn], stmts[turn], key, knobs.batch_size, key_fut, pos)
+                _batch(bf, conns[turn], stmts[turn], key, knobs.batch_size, key_fut, pos,
+                       transform_turn)
             ))  # fmt: skip
-            turn ^= 1
+            turn = (turn + 1) % len(conns)
             next_key = await key_fut
             if next_key is None:
                 break
