@@ -12,11 +12,23 @@ with the ciphertext columns reset (and the table vacuumed) before it:
 * ``verify``: a full :func:`~dualwrite.verify.verify` run;
 * ``scan``: a bare keyset ``SELECT`` of the same 8 columns in batches of the same size.
 
+Extra fields (never folded into ``ratio``, which stays the single-worker backfill against the
+issue's 8-column ceiling):
+
+* ``ceiling_with_bidx_rows_per_s`` / ``ratio_vs_bidx_ceiling``: the same pure-SQL copy that also
+  fills ``email_bidx`` and ``phone_bidx`` with 16 bytes of ``sha256`` (indexed columns, so like the
+  backfill every update touches every index) - the like-for-like database cost;
+* ``backfill_rows_per_s_2_workers`` / ``ratio_2_workers``: two ``dualwrite backfill`` processes
+  (shards 0 and 1) on another fresh copy.
+
 Memory: the backfiller's resident set is sampled every 20 ms while it runs (in process);
 ``peak_rss_mb`` is the highest sample, ``rss_growth_mb`` the peak minus the resident set just
-before the run. It is flat in table size: compare ``--rows 100000`` with ``--rows 1000000``.
+before the run. ``--memory-rows 100000,1000000`` instead seeds each size into a fresh
+database and runs ONE backfill process (``dualwrite backfill --once``) on it, reporting that
+process's peak resident set per size: flat in table size.
 
     uv run python loadtests/bench.py backfill --rows 200000 --json
+    uv run python loadtests/bench.py backfill --memory-rows 100000,1000000 --json
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import os
 import time
 from typing import Any
@@ -37,9 +50,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows", type=int, default=200_000, help="clients to seed")
     parser.add_argument("--batch-size", type=int, default=1000, help="rows per batch (all runs)")
     parser.add_argument("--workers", type=int, default=1, help="backfill worker count")
+    parser.add_argument(
+        "--memory-rows", default="", help="comma-separated table sizes: peak RSS per size only"
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.memory_rows:
+        sizes = [int(n) for n in args.memory_rows.split(",") if n.strip()]
+        return asyncio.run(_memory(sizes, args.batch_size))
     return asyncio.run(_run(args.rows, args.batch_size, args.workers))
 
 
@@ -65,21 +84,33 @@ async def _run(rows: int, batch: int, workers: int) -> dict[str, Any]:
         await conn.close()
         await engine.dispose()
         spec = state.spec
-        # two byte-identical copies of the freshly seeded table: one per contender
-        ceiling_db, backfill_db = await _clone(factory, seeded), await _clone(factory, seeded)
-        engines = [make_engine(u, pool_size=4) for u in (ceiling_db, backfill_db)]
+        # byte-identical copies of the freshly seeded table: one per contender
+        ceiling_db, backfill_db, bidx_db, two_db = [await _clone(factory, seeded) for _ in "1234"]
+        engines = [make_engine(u, pool_size=4) for u in (ceiling_db, backfill_db, bidx_db)]
+        # every timed run starts right after a CHECKPOINT: a run that follows ~1 GB of WAL
+        # from the one before would otherwise pay for that run's checkpoint
+        await _checkpoint(engines[0])
         ceiling_s = await _ceiling(engines[0], spec, batch)
         await _reset(engines[0], spec)
         ceiling_hot_s = await _ceiling(engines[0], spec, batch)
+        await _checkpoint(engines[2])
+        ceiling_bidx_s = await _ceiling(engines[2], spec, batch, with_bidx=True)
+        await _checkpoint(engines[1])
         backfill_s, peak, growth, done = await _backfill(engines[1], backfill_db, batch, workers)
         verify_s, checked = await _verify(engines[1], spec)
         scan_s = await _scan(engines[1], spec, batch)
+        await _checkpoint(engines[1])
+        started = time.perf_counter()
+        done_2, _ = await _backfill_processes(two_db, batch, 2)
+        two_s = time.perf_counter() - started
     finally:
         for e in engines:
             await e.dispose()
         factory.close()
     ceiling = rows / ceiling_s
     backfill = done / backfill_s
+    ceiling_bidx = rows / ceiling_bidx_s
+    two = done_2 / two_s
     return {
         "rows": rows,
         "batch_size": batch,
@@ -87,6 +118,10 @@ async def _run(rows: int, batch: int, workers: int) -> dict[str, Any]:
         "backfill_rows_per_s": round(backfill),
         "ceiling_rows_per_s": round(ceiling),
         "ratio": round(backfill / ceiling, 3),
+        "ceiling_with_bidx_rows_per_s": round(ceiling_bidx),
+        "ratio_vs_bidx_ceiling": round(backfill / ceiling_bidx, 3),
+        "backfill_rows_per_s_2_workers": round(two),
+        "ratio_2_workers": round(two / ceiling, 3),
         "ceiling_after_reset_vacuum_rows_per_s": round(rows / ceiling_hot_s),
         "verify_rows_per_s": round(checked / verify_s),
         "scan_rows_per_s": round(rows / scan_s),
@@ -123,6 +158,14 @@ async def _raw(engine: Any) -> Any:
     return await connect_raw(engine)
 
 
+async def _checkpoint(engine: Any) -> None:
+    conn = await _raw(engine)
+    try:
+        await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
+
+
 async def _reset(engine: Any, spec: Any) -> None:
     sets = []
     for f in spec.fields:
@@ -139,11 +182,20 @@ async def _reset(engine: Any, spec: Any) -> None:
         await conn.close()
 
 
-async def _ceiling(engine: Any, spec: Any, batch: int) -> float:
-    """Seconds for the pure-SQL batched copy of the 8 columns into the BYTEA columns."""
-    sets = ", ".join(
+async def _ceiling(engine: Any, spec: Any, batch: int, *, with_bidx: bool = False) -> float:
+    """Seconds for the pure-SQL batched copy of the 8 columns into the BYTEA columns
+    (``with_bidx``: also 16 bytes of sha256 into each blind-index column)."""
+    items = [
         f"{f.ciphertext_column} = convert_to({f.plaintext_column}, 'UTF8')" for f in spec.fields
-    )
+    ]
+    if with_bidx:
+        items += [
+            f"{f.bidx_column} = substring(sha256(convert_to({f.plaintext_column}, 'UTF8')) "
+            "from 1 for 16)"
+            for f in spec.fields
+            if f.bidx_column
+        ]
+    sets = ", ".join(items)
     pk, t = spec.primary_key, spec.table
     sql = (
         f"WITH s AS (SELECT {pk} FROM {t} WHERE {pk} > $1 ORDER BY {pk} LIMIT $2), "
@@ -189,11 +241,13 @@ def _settings(url: Any) -> Any:
     from dualwrite.config import Settings
 
     key = base64.b64encode(os.urandom(32)).decode()
-    return Settings(
-        database_url=url.render_as_string(hide_password=False),
-        encryption_keys=f"v1={key}",
-        blind_index_key=base64.b64encode(os.urandom(32)).decode(),
-    )  # type: ignore[call-arg]
+    return Settings.model_validate(
+        {
+            "database_url": url.render_as_string(hide_password=False),
+            "encryption_keys": f"v1={key}",
+            "blind_index_key": base64.b64encode(os.urandom(32)).decode(),
+        }
+    )
 
 
 _SETTINGS: Any = None
@@ -228,7 +282,7 @@ async def _backfill(
         report = await Backfiller(engine, "clients_pii", cipher, bidx, options).run()
         done = report.rows_done
     else:
-        done = await _backfill_processes(url, batch, workers)
+        done, _ = await _backfill_processes(url, batch, workers)
     took = time.perf_counter() - started
     running = False
     await sampler
@@ -236,11 +290,12 @@ async def _backfill(
     return took, peak / mb, (peak - before) / mb, done
 
 
-async def _backfill_processes(url: Any, batch: int, workers: int) -> int:
-    """``workers`` CLI processes at once (shards 0..n-1); rows done summed from checkpoints."""
+async def _backfill_processes(url: Any, batch: int, workers: int) -> tuple[int, float]:
+    """``workers`` CLI processes at once (shards 0..n-1) -> (rows done summed from the
+    checkpoints, highest resident set of one process in MB, sampled every 50 ms)."""
     import sys
 
-    s = _SETTINGS
+    s = _SETTINGS or _settings(url)
     env = dict(os.environ)
     env.update(
         DATABASE_URL=url.render_as_string(hide_password=False),
@@ -267,6 +322,13 @@ async def _backfill_processes(url: Any, batch: int, workers: int) -> int:
         )
         for i in range(workers)
     ]
+    peak = 0
+    watched = [psutil.Process(p.pid) for p in procs]
+    while any(p.returncode is None for p in procs):
+        for w in watched:
+            with contextlib.suppress(psutil.Error):
+                peak = max(peak, w.memory_info().rss)
+        await asyncio.sleep(0.05)
     for p in procs:
         await p.wait()
     from dualwrite.db import make_engine
@@ -275,11 +337,51 @@ async def _backfill_processes(url: Any, batch: int, workers: int) -> int:
     try:
         conn = await _raw(engine)
         try:
-            return int(await conn.fetchval("SELECT sum(rows_done) FROM dualwrite_checkpoints"))
+            done = int(await conn.fetchval("SELECT sum(rows_done) FROM dualwrite_checkpoints"))
+            return done, peak / (1024 * 1024)
         finally:
             await conn.close()
     finally:
         await engine.dispose()
+
+
+async def _memory(sizes: list[int], batch: int) -> dict[str, Any]:
+    """Peak resident set of one backfill process per table size (each in a fresh database)."""
+    from clients_service.seed import seed_clients
+    from dualwrite import store
+    from dualwrite.db import make_engine
+    from dualwrite.phases import Phase
+    from dualwrite.testing import DatabaseFactory
+
+    factory = DatabaseFactory.start()
+    out: dict[str, Any] = {"batch_size": batch, "memory": []}
+    try:
+        for rows in sizes:
+            url = await factory.create("0003")
+            engine = make_engine(url, pool_size=2)
+            try:
+                await seed_clients(engine, rows)
+                async with engine.begin() as conn:
+                    state = await store.get_migration(conn, "clients_pii")
+                    for target in (Phase.DUAL_WRITE, Phase.BACKFILL):
+                        state = await store.compare_and_swap_phase(
+                            conn, state.name, state.version, target
+                        )
+            finally:
+                await engine.dispose()
+            started = time.perf_counter()
+            done, peak = await _backfill_processes(url, batch, 1)
+            took = time.perf_counter() - started
+            out["memory"].append(
+                {"rows": rows, "rows_done": done, "peak_rss_mb": round(peak, 1),
+                 "rows_per_s": round(done / took)}
+            )  # fmt: skip
+            await factory.drop(url)
+    finally:
+        factory.close()
+    peaks = [m["peak_rss_mb"] for m in out["memory"]]
+    out["peak_rss_spread_mb"] = round(max(peaks) - min(peaks), 1) if peaks else 0.0
+    return out
 
 
 async def _verify(engine: Any, spec: Any) -> tuple[float, int]:
@@ -293,9 +395,18 @@ async def _verify(engine: Any, spec: Any) -> tuple[float, int]:
 
 
 def format_human(result: dict[str, Any]) -> str:
+    if "memory" in result:
+        return "\n".join(
+            f"{m['rows']:,} rows: backfill process peak RSS {m['peak_rss_mb']} MB "
+            f"({m['rows_per_s']:,} rows/s)"
+            for m in result["memory"]
+        )
     return (
         f"backfill {result['backfill_rows_per_s']:,} rows/s vs pure-SQL ceiling "
         f"{result['ceiling_rows_per_s']:,} rows/s: ratio {result['ratio']}\n"
+        f"with blind indexes the SQL ceiling is {result['ceiling_with_bidx_rows_per_s']:,} rows/s "
+        f"(ratio {result['ratio_vs_bidx_ceiling']}); 2 worker processes "
+        f"{result['backfill_rows_per_s_2_workers']:,} rows/s (ratio {result['ratio_2_workers']})\n"
         f"verify {result['verify_rows_per_s']:,} rows/s, "
         f"scan {result['scan_rows_per_s']:,} rows/s\n"
         f"peak RSS {result['peak_rss_mb']} MB (growth {result['rss_growth_mb']} MB) "
