@@ -17,12 +17,15 @@ connections (``pipeline_depth``, default 2) take turns, so while batch *k* is wr
 *k+1* is claimed and encrypted (depth 3 did not measure faster on 2 cores: the machine is
 already CPU-bound). Commits queue on the checkpoint row, so they land in order. A ``kill -9``
 loses at most the uncommitted batches; the next start resumes from the checkpoint, and a run
-only ends after a sweep from the start, so rows of a batch that never committed are always
+only ends after a pass from the start, so rows of a batch that never committed are always
 picked up.
 
-A run ends only when a sweep from the start finds nothing it can convert (then
-``finished_at`` is stored; ``store.last_backfill_finished_at`` is the guard's fact). Without
-``once`` the backfiller then keeps watching for rows that become stale again.
+A run ends only when a final sweep finds nothing it can convert: after a pass that began at
+the first key, a count over the whole committed table finds no row left (or a pass from the
+start converted nothing and left only rows it cannot convert); rows skipped as locked keep
+the count above zero and get another pass. Then ``finished_at`` is stored
+(``store.last_backfill_finished_at`` is the guard's fact). Without ``once`` the backfiller
+then keeps watching for rows that become stale again.
 
 The phase and the knobs (``backfill_control``) are read before every batch: a phase that no
 longer allows the mode stops the run cleanly; ``paused``, ``batch_size``,
@@ -295,30 +298,38 @@ class Backfiller:
         return pos
 
     async def _work(self) -> None:
-        """Passes over the key space until a sweep from the start finds nothing to convert."""
+        """Passes over the key space until, after a pass from the start, nothing is left."""
         assert self._sql is not None
         conns = [await connect_raw(self.engine) for _ in range(1 + self.depth)]
         try:
             control, workers = conns[0], tuple(conns[1:])
             pos = await self._load_position(control)
             self.report.run_id = pos.run_id
-            from_start = pos.last_key is None
+            from_start, counted = pos.last_key is None, False
             while not self._stop.is_set():
-                self._remaining = int(await control.fetchval(self._sql.count_remaining()))
+                if not counted:
+                    self._remaining = int(await control.fetchval(self._sql.count_remaining()))
                 written, stuck, reason = await run_pass(self, control, workers, pos)
                 if reason:
                     self.report.stopped = reason
                     return
-                if from_start and written == 0:
+                counted = False
+                if from_start:
+                    # After a pass that began at the start, a count of the whole committed
+                    # table finding nothing is as strong as another sweep, and much cheaper
+                    # (a sequential scan instead of the key-ordered walk). Rows skipped as
+                    # locked are still there (counted): they get another sweep.
                     left = int(await control.fetchval(self._sql.count_remaining()))
-                    if left <= stuck:
+                    self._remaining, counted = left, True
+                    if left == 0 or (written == 0 and left <= stuck):
                         await self._finish(control, pos, left)
                         if self.options.once or await self._watch(control, stuck):
                             return
                         self._done_before += pos.rows_done
                         pos = await self._start_run(control)
                         self.report.run_id = pos.run_id
-                    elif await self.sleep(min(self.options.poll_seconds, 0.5)):
+                        counted = False
+                    elif written == 0 and await self.sleep(min(self.options.poll_seconds, 0.5)):
                         break  # rows held by other transactions: sweep again shortly
                 pos.last_key, from_start = None, True
             self.report.stopped = "signal"
