@@ -291,8 +291,14 @@ async def test_rate_limit_and_health_pause(seeded: AsyncEngine, settings: Settin
 
 async def test_phase_change_mid_run_stops_cleanly(seeded: AsyncEngine, settings: Settings) -> None:
     await move_to(seeded, Phase.DUAL_WRITE, Phase.BACKFILL)
-    task = asyncio.create_task(backfill(seeded, settings, "encrypt", batch_size=20, sleep_ratio=2))
-    await asyncio.sleep(0.3)
+    task = asyncio.create_task(backfill(seeded, settings, "encrypt", batch_size=10, sleep_ratio=4))
+    # move once batches are committed (not after a fixed sleep: a loaded machine may not have
+    # started yet, a fast one may have finished)
+    while not await scalar(
+        seeded, "SELECT count(*) FROM dualwrite_checkpoints WHERE rows_done > 0"
+    ):  # fmt: skip
+        assert not task.done(), "the backfill ended before the phase change"
+        await asyncio.sleep(0.02)
     await move_to(seeded, Phase.DUAL_WRITE)  # backward: encrypt no longer allowed
     report = await asyncio.wait_for(task, timeout=20)
     assert report.stopped == "phase_changed"
