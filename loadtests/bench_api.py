@@ -217,6 +217,7 @@ async def _run(rows: int, requests: int) -> dict[str, Any]:
                     state = await store.compare_and_swap_phase(conn, state.name, state.version, t)
 
         await wait_phase("plaintext")
+        await _measure(client, ws, ids, max(50, requests // 3))  # warm-up, discarded
         plain = await _measure(client, ws, ids, requests)
         await move(Phase.DUAL_WRITE, Phase.BACKFILL)
         cipher = FieldCipher(load_keyring(settings))
@@ -231,6 +232,7 @@ async def _run(rows: int, requests: int) -> dict[str, Any]:
             raise SystemExit("verification failed before the switch")
         await move(Phase.READ_SWITCH)
         await wait_phase("read_switch")
+        await _measure(client, ws, ids, max(50, requests // 3))  # same warm-up after the switch
         switched = await _measure(client, ws, ids, requests)
         await client.aclose()
         await engine.dispose()
