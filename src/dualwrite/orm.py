@@ -254,13 +254,40 @@ class EncryptedTable:
         order_by: Any = None,
         limit: int | None = None,
     ) -> Sequence[Row[Any]]:
-        """SELECT the rows matching ``where`` in ONE query, undecoded (see :meth:`decode_rows`)."""
-        stmt = self.select(behaviour).where(*where)
-        if order_by is not None:
-            stmt = stmt.order_by(order_by)
-        if limit is not None:
-            stmt = stmt.limit(limit)
+        """SELECT the rows matching ``where`` in ONE query, undecoded (see :meth:`decode_rows`).
+
+        With ``order_by`` and ``limit`` the statement picks the keys first and reads the wide
+        rows by primary key (see :meth:`page_statement`).
+        """
+        if order_by is not None and limit is not None:
+            stmt = self.page_statement(behaviour, *where, order_by=order_by, limit=limit)
+        else:
+            stmt = self.select(behaviour).where(*where)
+            if order_by is not None:
+                stmt = stmt.order_by(order_by)
+            if limit is not None:
+                stmt = stmt.limit(limit)
         return (await conn.execute(stmt)).all()
+
+    def page_statement(
+        self, behaviour: Behaviour, *where: ColumnElement[bool], order_by: Any, limit: int
+    ) -> Any:
+        """One statement for the first ``limit`` rows matching ``where`` by ``order_by``::
+
+            SELECT <phase columns> FROM t WHERE key IN (
+                SELECT key FROM t WHERE <where> ORDER BY <order_by> LIMIT <limit>)
+            ORDER BY <order_by>
+
+        Same rows as ``... WHERE <where> ORDER BY <order_by> LIMIT <limit>``, but PostgreSQL
+        sorts narrow key tuples and reads the selected columns of ``limit`` rows only, instead
+        of carrying every matching row's plaintext *and* ciphertext through the top-N sort
+        (from ``backfill`` to ``contract`` a read selects both, twice the width of a
+        ``plaintext`` read).
+        """
+        keys = (
+            select(self.key).where(*where).order_by(order_by).limit(limit).correlate(None)
+        )
+        return self.select(behaviour).where(self.key.in_(keys)).order_by(order_by)
 
     async def fetch(
         self,

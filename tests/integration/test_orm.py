@@ -142,6 +142,25 @@ async def test_bulk_read_is_one_query(engine: AsyncEngine) -> None:
     )
 
 
+async def test_limited_page_picks_keys_first_in_one_query(engine: AsyncEngine) -> None:
+    enc, _, _ = make_table()
+    b = behaviour(Phase.READ_SWITCH)
+    ws, other = uuid.uuid4(), uuid.uuid4()
+    rows = [person(ws, i) for i in range(12)] + [person(other, i) for i in range(12)]
+    async with engine.begin() as conn:
+        await conn.execute(enc.table.insert(), [enc.insert_params(b, r) for r in rows])
+    mine = sorted(r["id"] for r in rows if r["workspace_id"] == ws)
+    with count_statements(engine) as seen:
+        async with engine.connect() as conn:
+            got = await enc.fetch(
+                conn, b, enc.c.workspace_id == ws, enc.c.id > mine[2], order_by=enc.c.id, limit=5
+            )
+    assert len(seen) == 1 and " IN (SELECT " in seen[0]
+    assert [g["id"] for g in got] == mine[3:8]
+    by_id = {r["id"]: r for r in rows}
+    assert all(g["email"] == by_id[g["id"]]["email"] for g in got)
+
+
 async def test_fallback_and_stale_guard(engine: AsyncEngine) -> None:
     enc, metrics, events = make_table()
     ws = uuid.uuid4()
