@@ -41,6 +41,10 @@ def upgrade() -> None:
     op.execute("CREATE INDEX ix_clients_workspace_email ON clients (workspace_id, email)")
     op.execute("CREATE INDEX ix_clients_workspace_updated ON clients (workspace_id, updated_at)")
     op.execute("CREATE INDEX ix_clients_workspace_active ON clients (workspace_id, is_active)")
+    # keyset pages of a workspace's active clients (GET /workspaces/{ws}/clients?after=...)
+    op.execute(
+        "CREATE INDEX ix_clients_workspace_id_active ON clients (workspace_id, id) WHERE is_active"
+    )
 
 
 def downgrade() -> None:

@@ -51,6 +51,7 @@ async def test_upgrade_downgrade_upgrade(db_factory: DatabaseFactory) -> None:
         assert {
             "ix_clients_workspace_lastname_firstname", "ix_clients_workspace_email",
             "ix_clients_workspace_updated", "ix_clients_workspace_active",
+            "ix_clients_workspace_id_active",
             "ix_clients_email_bidx", "ix_clients_phone_bidx",
         } <= idx
         async with engine.connect() as conn:
