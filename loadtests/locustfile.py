@@ -21,12 +21,12 @@ import uuid
 
 from locust import HttpUser, between, task
 
+from dualwrite.gate import BULK_READ, SINGLE_READ
+
 TOKEN = os.environ.get("API_TOKEN", "")
 CLIENTS_PER_USER = int(os.environ.get("DUALWRITE_GATE_CLIENTS", "100"))
 SHARED_WORKSPACE = os.environ.get("DUALWRITE_GATE_WORKSPACE", "")
 
-SINGLE = "GET /workspaces/{ws}/clients/{id}"
-BULK = "GET /workspaces/{ws}/clients?limit=100"
 CREATE = "POST /workspaces/{ws}/clients"
 UPDATE = "PATCH /workspaces/{ws}/clients/{id}"
 SEARCH = "GET /workspaces/{ws}/clients/search?email="
@@ -57,7 +57,7 @@ class ClinicUser(HttpUser):
         self.emails: list[str] = []
         if SHARED_WORKSPACE:
             self.ws = SHARED_WORKSPACE
-            resp = self.client.get(f"/workspaces/{self.ws}/clients?limit=100", name=BULK)
+            resp = self.client.get(f"/workspaces/{self.ws}/clients?limit=100", name=BULK_READ)
             if resp.status_code == 200:
                 for item in resp.json().get("items", []):
                     self.ids.append(item["id"])
@@ -79,11 +79,11 @@ class ClinicUser(HttpUser):
     def read_one(self) -> None:
         if self.ids:
             cid = random.choice(self.ids)
-            self.client.get(f"/workspaces/{self.ws}/clients/{cid}", name=SINGLE)
+            self.client.get(f"/workspaces/{self.ws}/clients/{cid}", name=SINGLE_READ)
 
     @task(3)
     def read_bulk(self) -> None:
-        self.client.get(f"/workspaces/{self.ws}/clients?limit=100", name=BULK)
+        self.client.get(f"/workspaces/{self.ws}/clients?limit=100", name=BULK_READ)
 
     @task(2)
     def create(self) -> None:

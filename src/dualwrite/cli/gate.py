@@ -36,10 +36,7 @@ def gate(
     stats = gate_mod.run_locust(
         host, locustfile=locustfile, users=users, duration=duration, api_token=token
     )
-    thresholds = {
-        "GET /workspaces/{ws}/clients/{id}": single_p95_ms,
-        "GET /workspaces/{ws}/clients?limit=100": bulk_p95_ms,
-    }
+    thresholds = gate_mod.thresholds_ms(single_p95_ms, bulk_p95_ms)
     verdict = gate_mod.judge(stats, thresholds)
 
     async def save() -> str:
