@@ -241,25 +241,13 @@ class FieldCodec:
         out: dict[str, Any] = {}
         fields = self._fields
         b = behaviour
-        if b.writes_ciphertext:
+        encrypting = b.writes_ciphertext
+        if encrypting:
             self.require_encryption()
             cipher, bidx = self.cipher, self.blind_index
             assert cipher is not None
             encrypt, table = cipher.encrypt, self.spec.table
             started = _perf()
-            for name, value in values.items():
-                f = fields.get(name)
-                if f is None:
-                    continue
-                if b.writes_plaintext:
-                    out[f.plaintext] = value
-                elif b.nulls_plaintext:
-                    out[f.plaintext] = None
-                out[f.ciphertext] = encrypt(value, table=table, column=name, row_key=row_key)
-                if f.bidx is not None:
-                    out[f.bidx] = bidx.stored(value, f.kind) if bidx is not None else None
-            self._enc_timer.observe(_perf() - started)
-            return out
         for name, value in values.items():
             f = fields.get(name)
             if f is None:
@@ -268,6 +256,12 @@ class FieldCodec:
                 out[f.plaintext] = value
             elif b.nulls_plaintext:
                 out[f.plaintext] = None
+            if encrypting:
+                out[f.ciphertext] = encrypt(value, table=table, column=name, row_key=row_key)
+                if f.bidx is not None:
+                    out[f.bidx] = bidx.stored(value, f.kind) if bidx is not None else None
+        if encrypting:
+            self._enc_timer.observe(_perf() - started)
         return out
 
     # --- reads -----------------------------------------------------------------------------
