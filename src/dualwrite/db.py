@@ -140,6 +140,18 @@ async def check_connection(engine: AsyncEngine) -> None:
         ) from None
 
 
+async def execute_outside_transaction(server: URL, *statements: str) -> None:
+    """Run ``statements`` (``CREATE/DROP DATABASE`` and the like) on the server's ``postgres``
+    database in autocommit mode."""
+    engine = create_async_engine(server.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            for statement in statements:
+                await conn.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
 @contextlib.asynccontextmanager
 async def open_engine(
     settings: Settings, *, embedded_cleanup: str | None = None, **kwargs: Any

@@ -31,14 +31,14 @@ from typing import Any
 
 import httpx
 from sqlalchemy import URL, text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dualwrite import gate as gate_mod
 from dualwrite import migrate, store, transitions
 from dualwrite.backfill import Backfiller, BackfillOptions, BackfillReport
 from dualwrite.config import Settings
 from dualwrite.crypto import BlindIndex, FieldCipher, load_blind_index_key, load_keyring
-from dualwrite.db import make_engine, resolve_url
+from dualwrite.db import execute_outside_transaction, make_engine, resolve_url
 from dualwrite.errors import DualwriteError, GuardsFailedError
 from dualwrite.metrics import Metrics
 from dualwrite.phases import BackfillMode, Phase
@@ -84,13 +84,11 @@ def demo_settings(base: Settings, url: URL) -> tuple[Settings, bool]:
 
 async def fresh_database(base: Settings) -> URL:
     server = resolve_url(base)
-    admin = create_async_engine(server.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(text(f"DROP DATABASE IF EXISTS {DEMO_DATABASE} WITH (FORCE)"))
-            await conn.execute(text(f"CREATE DATABASE {DEMO_DATABASE}"))
-    finally:
-        await admin.dispose()
+    await execute_outside_transaction(
+        server,
+        f"DROP DATABASE IF EXISTS {DEMO_DATABASE} WITH (FORCE)",
+        f"CREATE DATABASE {DEMO_DATABASE}",
+    )
     return server.set(database=DEMO_DATABASE)
 
 
@@ -292,23 +290,24 @@ async def run_demo(base: Settings, *, rows: int, say: Say) -> DemoSummary:
         traffic = Traffic(client, str(uuid.uuid4()))
         traffic.start()
         try:
-            await _walk(
-                engine,
-                settings,
-                cipher,
-                bidx,
-                current_key,
-                base_url,
-                token,
-                str(busiest),
-                summary,
-                say,
-            )
-            await traffic.stop()
+            try:
+                await _walk(
+                    engine,
+                    settings,
+                    cipher,
+                    bidx,
+                    current_key,
+                    base_url,
+                    token,
+                    str(busiest),
+                    summary,
+                    say,
+                )
+            finally:
+                await traffic.stop()  # before reading back: "last value written" is then final
             summary.writes_ok, summary.writes_failed = traffic.ok, traffic.failed
             summary.clients_checked, summary.lost_writes = await traffic.lost_writes()
         finally:
-            await traffic.stop()
             await client.aclose()
             server.should_exit = True
             with contextlib.suppress(Exception):

@@ -20,11 +20,10 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import URL, make_url, text
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy import URL, make_url
 
 from dualwrite import migrate
-from dualwrite.db import make_engine, start_embedded
+from dualwrite.db import execute_outside_transaction, make_engine, start_embedded
 
 
 @dataclass
@@ -50,15 +49,7 @@ class DatabaseFactory:
         return self.server_url.set(database=database)
 
     async def _admin(self, *statements: str) -> None:
-        engine = create_async_engine(
-            self.url_for("postgres"), isolation_level="AUTOCOMMIT", poolclass=None
-        )
-        try:
-            async with engine.connect() as conn:
-                for statement in statements:
-                    await conn.execute(text(statement))
-        finally:
-            await engine.dispose()
+        await execute_outside_transaction(self.server_url, *statements)
 
     async def _template(self, revision: str | None) -> str:
         key = revision or "empty"
