@@ -18,7 +18,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
+from alembic.script import Script, ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -50,27 +50,25 @@ def configure_ddl_timeouts(connection: Connection, settings: Settings | None) ->
     connection.commit()
 
 
-def contract_revisions(cfg: Config) -> list[str]:
-    """Revisions whose module sets ``dualwrite_contract = True``."""
+def contract_scripts(cfg: Config) -> list[Script]:
+    """Revisions whose module sets ``dualwrite_contract = True``, head first."""
     script = ScriptDirectory.from_config(cfg)
-    return [
-        rev.revision
-        for rev in script.walk_revisions()
-        if getattr(rev.module, CONTRACT_MARKER, False)
-    ]
+    return [rev for rev in script.walk_revisions() if getattr(rev.module, CONTRACT_MARKER, False)]
+
+
+def contract_revisions(cfg: Config) -> list[str]:
+    """Ids of the revisions marked as contract."""
+    return [rev.revision for rev in contract_scripts(cfg)]
 
 
 def expand_target(cfg: Config) -> str:
     """The highest revision ``db upgrade`` may reach: just before the first contract revision."""
-    script = ScriptDirectory.from_config(cfg)
-    contracts = set(contract_revisions(cfg))
     target = "head"
-    for rev in script.walk_revisions():  # head first
-        if rev.revision in contracts:
-            down = rev.down_revision
-            if not isinstance(down, str):
-                raise ConfigError(f"contract revision {rev.revision} must have one parent")
-            target = down
+    for rev in contract_scripts(cfg):  # head first: the last one seen is the lowest
+        down = rev.down_revision
+        if not isinstance(down, str):
+            raise ConfigError(f"contract revision {rev.revision} must have one parent")
+        target = down
     return target
 
 

@@ -44,7 +44,6 @@ from dataclasses import asdict
 from typing import Any
 
 from alembic.config import Config
-from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -297,13 +296,11 @@ def contract_revision(cfg: Config, name: str) -> tuple[str, str]:
     With several contract revisions (several migrations), each must name its migration with a
     module attribute ``dualwrite_migration = "<name>"``.
     """
-    script = ScriptDirectory.from_config(cfg)
     candidates = []
-    for rev in script.walk_revisions():
-        if getattr(rev.module, migrate.CONTRACT_MARKER, False):
-            owner = getattr(rev.module, "dualwrite_migration", None)
-            if owner in (None, name):
-                candidates.append((rev.revision, rev.down_revision, owner))
+    for rev in migrate.contract_scripts(cfg):
+        owner = getattr(rev.module, "dualwrite_migration", None)
+        if owner in (None, name):
+            candidates.append((rev.revision, rev.down_revision, owner))
     named = [c for c in candidates if c[2] == name]
     chosen = named or candidates
     if len(chosen) != 1:
