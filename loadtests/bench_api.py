@@ -8,7 +8,8 @@ sequential requests over loopback HTTP:
   ``read_switch`` (reads decrypt every field; writes encrypt 8 fields + 2 blind indexes);
 * single client read, bulk read of 100, create, update; p50/p95 in milliseconds;
 * ``encode_client_us``: the in-process cost of encrypting one client (8 fields + 2 blind
-  indexes) through :class:`~dualwrite.codec.FieldCodec`, and ``decode_client_us`` for reading it.
+  indexes) through :class:`~dualwrite.runtime.codec.FieldCodec`, and ``decode_client_us`` for
+  reading it.
 
 DESIGN §9 floors: single read p95 < 100 ms, bulk 100 p95 < 1000 ms, per-client encryption
 overhead < 10 ms.
@@ -95,9 +96,9 @@ async def _measure(client: httpx.AsyncClient, ws: str, ids: list[str], n: int) -
 
 def _codec_costs(settings: Any) -> dict[str, float]:
     from clients_service.schema import CLIENTS_PII
-    from dualwrite.codec import FieldCodec
     from dualwrite.crypto import BlindIndex, FieldCipher, load_keyring
     from dualwrite.phases import Phase, behaviour
+    from dualwrite.runtime.codec import FieldCodec
 
     codec = FieldCodec(
         CLIENTS_PII, FieldCipher(load_keyring(settings)), BlindIndex.from_settings(settings)
@@ -131,12 +132,12 @@ def _codec_costs(settings: Any) -> dict[str, float]:
 
 async def _run(rows: int, requests: int) -> dict[str, Any]:
     from clients_service.seed import seed_clients
-    from dualwrite import store
     from dualwrite.backfill import Backfiller, BackfillOptions
     from dualwrite.config import Settings
     from dualwrite.crypto import BlindIndex, FieldCipher, load_keyring
     from dualwrite.db import make_engine
     from dualwrite.phases import BackfillMode, Phase
+    from dualwrite.state import registry
     from dualwrite.testing import DatabaseFactory
     from dualwrite.verify import verify
 
@@ -212,9 +213,11 @@ async def _run(rows: int, requests: int) -> dict[str, Any]:
 
         async def move(*targets: Phase) -> None:
             async with engine.begin() as conn:
-                state = await store.get_migration(conn, "clients_pii")
+                state = await registry.get_migration(conn, "clients_pii")
                 for t in targets:
-                    state = await store.compare_and_swap_phase(conn, state.name, state.version, t)
+                    state = await registry.compare_and_swap_phase(
+                        conn, state.name, state.version, t
+                    )
 
         await wait_phase("plaintext")
         await _measure(client, ws, ids, max(50, requests // 3))  # warm-up, discarded
@@ -226,7 +229,7 @@ async def _run(rows: int, requests: int) -> dict[str, Any]:
             engine, "clients_pii", cipher, bidx, BackfillOptions(mode=BackfillMode.ENCRYPT)
         ).run()
         async with engine.connect() as conn:
-            spec = (await store.get_migration(conn, "clients_pii")).spec
+            spec = (await registry.get_migration(conn, "clients_pii")).spec
         report = await verify(engine, spec, cipher, bidx, full=True)
         if not report.ok:
             raise SystemExit("verification failed before the switch")

@@ -64,9 +64,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 async def _run(rows: int, batch: int, workers: int) -> dict[str, Any]:
     from clients_service.seed import seed_clients
-    from dualwrite import store
     from dualwrite.db import make_engine
     from dualwrite.phases import Phase
+    from dualwrite.state import registry
     from dualwrite.testing import DatabaseFactory
 
     factory = DatabaseFactory.start()
@@ -76,9 +76,11 @@ async def _run(rows: int, batch: int, workers: int) -> dict[str, Any]:
         engine = make_engine(seeded, pool_size=2)
         await seed_clients(engine, rows)
         async with engine.begin() as conn:
-            state = await store.get_migration(conn, "clients_pii")
+            state = await registry.get_migration(conn, "clients_pii")
             for target in (Phase.DUAL_WRITE, Phase.BACKFILL):
-                state = await store.compare_and_swap_phase(conn, state.name, state.version, target)
+                state = await registry.compare_and_swap_phase(
+                    conn, state.name, state.version, target
+                )
         conn = await _raw(engine)
         await conn.execute("VACUUM (ANALYZE) clients")
         await conn.close()
@@ -348,9 +350,9 @@ async def _backfill_processes(url: Any, batch: int, workers: int) -> tuple[int, 
 async def _memory(sizes: list[int], batch: int) -> dict[str, Any]:
     """Peak resident set of one backfill process per table size (each in a fresh database)."""
     from clients_service.seed import seed_clients
-    from dualwrite import store
     from dualwrite.db import make_engine
     from dualwrite.phases import Phase
+    from dualwrite.state import registry
     from dualwrite.testing import DatabaseFactory
 
     factory = DatabaseFactory.start()
@@ -362,9 +364,9 @@ async def _memory(sizes: list[int], batch: int) -> dict[str, Any]:
             try:
                 await seed_clients(engine, rows)
                 async with engine.begin() as conn:
-                    state = await store.get_migration(conn, "clients_pii")
+                    state = await registry.get_migration(conn, "clients_pii")
                     for target in (Phase.DUAL_WRITE, Phase.BACKFILL):
-                        state = await store.compare_and_swap_phase(
+                        state = await registry.compare_and_swap_phase(
                             conn, state.name, state.version, target
                         )
             finally:

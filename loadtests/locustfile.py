@@ -5,7 +5,7 @@ clients, e.g. a seeded one: its first page gives the ids to read) or, when unset
 its own where it first creates ``DUALWRITE_GATE_CLIENTS`` clients (default 100, so the bulk read
 returns 100). Then it mixes single reads, bulk reads of 100, creates, updates
 and searches. Request names are route templates, so per-endpoint percentiles line up with the
-gate's thresholds (see ``dualwrite.gate``).
+gate's thresholds (see ``clients_service.gate``).
 
     API_TOKEN=... locust -f loadtests/locustfile.py --headless -u 8 -r 8 -t 20s \
         --host http://127.0.0.1:8000 --csv /tmp/gate
@@ -21,7 +21,7 @@ import uuid
 
 from locust import HttpUser, between, task
 
-from dualwrite.gate import BULK_READ, SINGLE_READ
+from clients_service.gate import BULK_READ, SINGLE_READ
 
 TOKEN = os.environ.get("API_TOKEN", "")
 CLIENTS_PER_USER = int(os.environ.get("DUALWRITE_GATE_CLIENTS", "100"))

@@ -17,7 +17,7 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from dualwrite.migrate import configure_ddl_timeouts
+from dualwrite.schema.migrate import configure_ddl_timeouts
 
 config = context.config
 

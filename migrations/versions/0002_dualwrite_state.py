@@ -6,7 +6,7 @@ Revises: 0001
 
 from __future__ import annotations
 
-from dualwrite import schema_ops
+from dualwrite.schema import ops as schema_ops
 
 revision = "0002"
 down_revision = "0001"

@@ -12,7 +12,7 @@ Revises: 0002
 from __future__ import annotations
 
 from clients_service.schema import CLIENTS_PII
-from dualwrite import schema_ops
+from dualwrite.schema import ops as schema_ops
 
 revision = "0003"
 down_revision = "0002"

@@ -11,7 +11,7 @@ Revises: 0003
 from __future__ import annotations
 
 from clients_service.schema import CLIENTS_PII
-from dualwrite import schema_ops
+from dualwrite.schema import ops as schema_ops
 
 revision = "0004"
 down_revision = "0003"

@@ -4,7 +4,7 @@
 
 ``create_app(settings)`` builds the app; its lifespan opens the engine (``DATABASE_URL`` or the
 embedded PostgreSQL), loads the keyring and blind-index key, and starts a
-:class:`~dualwrite.propagation.PhaseWatcher` (which heartbeats what this instance observes).
+:class:`~dualwrite.runtime.watcher.PhaseWatcher` (which heartbeats what this instance observes).
 
 Routes: the clients CRUD (:mod:`clients_service.routes`), the dualwrite admin router
 (:mod:`dualwrite.admin`, ``/admin/...``, its own ``ADMIN_TOKEN``), ``GET /metrics``
@@ -40,14 +40,19 @@ from clients_service.routes import Services, router
 from clients_service.schema import CLIENTS_PII
 from clients_service.tables import CLIENTS
 from dualwrite.admin import STATE_ATTRIBUTE, AdminContext, admin_router
-from dualwrite.codec import EncryptionUnavailableError, FieldCodec
 from dualwrite.config import Settings, load_settings
 from dualwrite.crypto import BlindIndex, FieldCipher, Keyring, load_keyring
 from dualwrite.db import open_engine
-from dualwrite.errors import DecryptionError, DualwriteError, UnknownMigrationError
+from dualwrite.errors import (
+    DecryptionError,
+    DualwriteError,
+    EncryptionUnavailableError,
+    UnknownMigrationError,
+)
 from dualwrite.metrics import Metrics
-from dualwrite.orm import EncryptedTable
-from dualwrite.propagation import PhaseWatcher
+from dualwrite.runtime.codec import FieldCodec
+from dualwrite.runtime.table import EncryptedTable
+from dualwrite.runtime.watcher import PhaseWatcher
 
 log = logging.getLogger("clients_service")
 

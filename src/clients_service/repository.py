@@ -12,7 +12,8 @@ so one request never mixes two phases. Choices:
   partial page would silently hide a client;
 * finalizing drops the plaintext columns while instances still run ``contract``: an operation
   that fails on the missing columns is retried once without them
-  (:func:`dualwrite.orm.plaintext_columns_dropped`) and ``on_columns_dropped`` is called (the
+  (:func:`dualwrite.runtime.table.plaintext_columns_dropped`) and ``on_columns_dropped`` is called
+  (the
   app asks its watcher to refresh), so finalizing fails no request.
 """
 
@@ -27,8 +28,12 @@ from sqlalchemy import exists, func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from dualwrite.orm import EncryptedTable, plaintext_columns_dropped, without_plaintext_columns
 from dualwrite.phases import Behaviour
+from dualwrite.runtime.table import (
+    EncryptedTable,
+    plaintext_columns_dropped,
+    without_plaintext_columns,
+)
 
 T = TypeVar("T")
 

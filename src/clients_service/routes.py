@@ -24,7 +24,7 @@ from clients_service.models import (
 from clients_service.repository import ClientsRepository
 from dualwrite.config import Settings
 from dualwrite.phases import Behaviour
-from dualwrite.propagation import PhaseWatcher
+from dualwrite.runtime.watcher import PhaseWatcher
 
 
 @dataclass(slots=True)

@@ -1,6 +1,6 @@
 """The ``clients`` table as the application sees it: plain attribute names only.
 
-The ciphertext and blind-index columns are added by :class:`dualwrite.orm.EncryptedTable`
+The ciphertext and blind-index columns are added by :class:`dualwrite.runtime.table.EncryptedTable`
 from :data:`clients_service.schema.CLIENTS_PII`; the application never names them.
 """
 

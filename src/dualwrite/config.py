@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     # --- reference application hooks (imported by name: dualwrite never imports them) -----
     reference_app: str = "clients_service.app:create_app"
     reference_seed_module: str = "clients_service.seed"
+    reference_demo: str = "clients_service.demo:run_demo"
+    reference_gate_thresholds: str = "clients_service.gate:thresholds_ms"
 
     # --- HTTP -----------------------------------------------------------------------------
     admin_token: SecretStr | None = None

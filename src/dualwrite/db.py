@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from sqlalchemy import URL, make_url, text
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -150,6 +151,12 @@ async def execute_outside_transaction(server: URL, *statements: str) -> None:
                 await conn.execute(text(statement))
     finally:
         await engine.dispose()
+
+
+async def connect_raw(engine: AsyncEngine) -> asyncpg.Connection:
+    """A plain asyncpg connection to ``engine``'s database (hot paths skip SQLAlchemy)."""
+    _, kwargs = engine.dialect.create_connect_args(engine.url)
+    return await asyncpg.connect(**kwargs)
 
 
 @contextlib.asynccontextmanager

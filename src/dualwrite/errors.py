@@ -1,17 +1,67 @@
-"""The one exception hierarchy of dualwrite.
+"""The one exception hierarchy of dualwrite, and the one mapping of driver errors.
 
 Every error the framework raises on purpose derives from :class:`DualwriteError`. Messages are
 written for operators: one line, what went wrong and what to do, and never plaintext PII or key
-material. The CLI prints ``str(error)`` and exits non-zero; the HTTP layers map them to statuses.
+material. The CLI prints ``str(error)`` and exits non-zero; the HTTP layers map them to statuses
+(:mod:`dualwrite.admin.errors` for the admin API)::
+
+    DualwriteError
+    ├── ConfigError                    settings or key material missing/malformed   (500, exit 1)
+    │   └── KeyringError               a keyring that cannot be built
+    ├── MissingKeyError                a key this operation needs is not held
+    │   ├── BlindIndexKeyMissingError  no BLIND_INDEX_KEY, searchable fields need it
+    │   └── EncryptionUnavailableError this instance cannot encrypt now          (503)
+    ├── DecryptionError                a ciphertext does not decrypt             (500, generic)
+    ├── DatabaseUnavailableError       PostgreSQL cannot be reached or started   (503)
+    ├── RequestError                   well-formed input asking nothing sensible (400)
+    └── PhaseError                     a refused phase operation                 (409 unless below)
+        ├── UnknownMigrationError      no such migration                         (404)
+        ├── UnknownPhaseError          not one of the six phases                 (400)
+        ├── IllegalTransitionError     a move that can never succeed as asked    (400)
+        ├── ReasonRequiredError        ``force`` without a reason                (400)
+        ├── GuardsFailedError          guards refuse now; ``failures`` lists them (409)
+        ├── TransitionConflictError    a concurrent change won the CAS           (409)
+        └── ModeNotAllowedError        a backfill mode the phase does not allow  (409)
+
+Lower layers (asyncpg, SQLAlchemy, the OS) are mapped in one place:
+:func:`is_connection_lost` decides whether an exception means "the database went away" (retry,
+or answer 503) rather than a bug.
 
 >>> try:
 ...     raise ConfigError("ENCRYPTION_KEY is not valid base64")
 ... except DualwriteError as exc:
 ...     print(exc)
 ENCRYPTION_KEY is not valid base64
+>>> is_connection_lost(ConnectionResetError()), is_connection_lost(ValueError())
+(True, False)
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+__all__ = [
+    "BlindIndexKeyMissingError",
+    "ConfigError",
+    "DatabaseUnavailableError",
+    "DecryptionError",
+    "DualwriteError",
+    "EncryptionUnavailableError",
+    "GuardsFailedError",
+    "IllegalTransitionError",
+    "KeyringError",
+    "MissingKeyError",
+    "ModeNotAllowedError",
+    "PhaseError",
+    "ReasonRequiredError",
+    "Refusal",
+    "RequestError",
+    "TransitionConflictError",
+    "UnknownMigrationError",
+    "UnknownPhaseError",
+    "is_connection_lost",
+]
 
 
 class DualwriteError(Exception):
@@ -28,6 +78,25 @@ class KeyringError(ConfigError):
 
 class MissingKeyError(DualwriteError):
     """No key is configured, or the key needed for an operation is not held by this process."""
+
+
+class BlindIndexKeyMissingError(MissingKeyError):
+    """No blind-index key is configured, and searchable fields need one."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(
+            message
+            or "no blind index key configured: set BLIND_INDEX_KEY (searchable fields need it; "
+            "make one with `dualwrite keys generate --blind-index`)"
+        )
+
+
+class EncryptionUnavailableError(MissingKeyError):
+    """This instance cannot encrypt (or decrypt) right now; the operation was refused.
+
+    Raised *before* anything is written, so no plaintext-only row can appear in a phase that
+    requires ciphertext. The HTTP layer answers 503.
+    """
 
 
 class DecryptionError(DualwriteError):
@@ -49,6 +118,10 @@ class DatabaseUnavailableError(DualwriteError):
     """PostgreSQL cannot be reached or started."""
 
 
+class RequestError(DualwriteError):
+    """A request that is well-formed but asks for nothing sensible (HTTP 400)."""
+
+
 class PhaseError(DualwriteError):
     """Base for refused phase operations."""
 
@@ -65,11 +138,28 @@ class IllegalTransitionError(PhaseError):
     """The move is not allowed at all (skips a phase, leaves ``finalized``, ...)."""
 
 
-class GuardsFailedError(PhaseError):
-    """The move is allowed in principle but one or more guards fail right now."""
+class ReasonRequiredError(PhaseError):
+    """``force`` was asked for without a reason (the audit log must say why)."""
 
-    def __init__(self, message: str, failures: list[str]) -> None:
-        self.failures = failures
+
+class Refusal(Protocol):
+    """What a guard failure carries (``dualwrite.phases.GuardResult`` is one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def reason(self) -> str: ...
+
+
+class GuardsFailedError(PhaseError):
+    """The move is allowed in principle but one or more guards fail right now.
+
+    ``failures`` holds the failing guard results (each with a ``name`` and a ``reason``).
+    """
+
+    def __init__(self, message: str, failures: Sequence[Refusal]) -> None:
+        self.failures: tuple[Refusal, ...] = tuple(failures)
         super().__init__(message)
 
 
@@ -79,3 +169,32 @@ class TransitionConflictError(PhaseError):
 
 class ModeNotAllowedError(PhaseError):
     """A backfill mode is not allowed in the migration's current phase."""
+
+
+def is_connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database went away (retry, or answer 503), not a bug.
+
+    Covers the OS (refused/reset connections, timeouts), asyncpg (connection errors, an
+    administrator's shutdown, a server still starting) and SQLAlchemy (an invalidated
+    connection, ``InterfaceError``/``OperationalError``), looking through SQLAlchemy's wrapper
+    at the driver's own exception.
+    """
+    if isinstance(exc, OSError | ConnectionError | TimeoutError):
+        return True
+    import asyncpg
+    from sqlalchemy import exc as sa_exc
+
+    kinds = (
+        asyncpg.PostgresConnectionError,
+        asyncpg.InterfaceError,
+        asyncpg.exceptions.OperatorInterventionError,
+        asyncpg.exceptions.CannotConnectNowError,
+        sa_exc.InterfaceError,
+        sa_exc.OperationalError,
+    )
+    if isinstance(exc, kinds):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    orig = getattr(exc, "orig", None)
+    return isinstance(orig, BaseException) and orig is not exc and is_connection_lost(orig)

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from sqlalchemy import URL, make_url
 
-from dualwrite import migrate
 from dualwrite.db import execute_outside_transaction, make_engine, start_embedded
+from dualwrite.schema import migrate
 
 
 @dataclass

@@ -22,11 +22,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clients_service.schema import CLIENTS_PII
 from clients_service.seed import seed_clients
-from dualwrite import store
-from dualwrite.codec import FieldCodec
 from dualwrite.config import Settings
 from dualwrite.crypto import BlindIndex
 from dualwrite.phases import Phase, behaviour
+from dualwrite.runtime.codec import FieldCodec
+from dualwrite.schema import inspector
+from dualwrite.state import checkpoints
 from dualwrite.verify import verify
 from tests.conftest import TEST_BIDX_KEY, TEST_KEY_V1
 from tests.integration.backfill_helpers import FIELDS, cipher_of, move_to, plaintexts
@@ -64,7 +65,7 @@ async def _wait_for_progress(
     """Until the worker's checkpoint counts more than ``beyond`` rows (it started working)."""
     for _ in range(600):
         async with engine.connect() as conn:
-            cp = await store.get_checkpoint(conn, "clients_pii", "encrypt")
+            cp = await checkpoints.get_checkpoint(conn, "clients_pii", "encrypt")
         if cp is not None and cp.rows_done > beyond:
             return
         assert proc.returncode is None, "the backfiller exited early"
@@ -157,7 +158,7 @@ async def test_backfill_survives_live_writers_and_sigkill(
             await proc.wait()
             assert proc.returncode == -signal.SIGKILL
             async with engine.connect() as conn:
-                cp = await store.get_checkpoint(conn, "clients_pii", "encrypt")
+                cp = await checkpoints.get_checkpoint(conn, "clients_pii", "encrypt")
             assert cp is not None and cp.run_id
             run_ids.add(cp.run_id)
             progressed_before_kill.append(cp.rows_done)
@@ -177,7 +178,7 @@ async def test_backfill_survives_live_writers_and_sigkill(
 
     assert writers.writes > 100
     async with engine.connect() as conn:
-        cov = await store.coverage(conn, CLIENTS_PII)
+        cov = await inspector.coverage(conn, CLIENTS_PII)
     assert cov.rows_missing_ciphertext == 0 and cov.percent == 100.0
     result = await verify(
         engine, CLIENTS_PII, cipher_of(settings), BlindIndex.from_settings(settings)

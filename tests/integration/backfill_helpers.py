@@ -8,12 +8,12 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clients_service.schema import CLIENTS_PII
-from dualwrite import store
 from dualwrite.backfill import Backfiller, BackfillOptions, BackfillReport
 from dualwrite.config import Settings
 from dualwrite.crypto import BlindIndex, FieldCipher, load_keyring
 from dualwrite.metrics import Metrics
 from dualwrite.phases import BackfillMode, Phase
+from dualwrite.state import registry
 
 FIELDS = CLIENTS_PII.field_names
 PLAIN_COLUMNS = ", ".join(FIELDS)
@@ -22,9 +22,9 @@ PLAIN_COLUMNS = ", ".join(FIELDS)
 async def move_to(engine: AsyncEngine, *targets: Phase) -> None:
     """Walk the migration through ``targets`` with the store's compare-and-swap."""
     async with engine.begin() as conn:
-        state = await store.get_migration(conn, "clients_pii")
+        state = await registry.get_migration(conn, "clients_pii")
         for target in targets:
-            state = await store.compare_and_swap_phase(conn, state.name, state.version, target)
+            state = await registry.compare_and_swap_phase(conn, state.name, state.version, target)
 
 
 def cipher_of(settings: Settings) -> FieldCipher:

@@ -16,10 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clients_service.app import create_app
 from clients_service.schema import CLIENTS_PII
-from dualwrite import store
 from dualwrite.config import Settings
 from dualwrite.metrics import Metrics
 from dualwrite.phases import Phase
+from dualwrite.state import registry
 from tests.conftest import TEST_KEY_V1
 
 TOKEN = "api-test-token"
@@ -44,10 +44,10 @@ async def running_app(
 async def set_phase(engine: AsyncEngine, app: FastAPI, phase: Phase) -> None:
     """Move clients_pii straight to ``phase`` (no guards) and make the app observe it."""
     async with engine.begin() as conn:
-        state = await store.get_migration(conn, CLIENTS_PII.name)
+        state = await registry.get_migration(conn, CLIENTS_PII.name)
         if state.phase is not phase:
-            state = await store.compare_and_swap_phase(conn, state.name, state.version, phase)
-            await store.notify_phase(conn, state)
+            state = await registry.compare_and_swap_phase(conn, state.name, state.version, phase)
+            await registry.notify_phase(conn, state)
     await app.state.watcher.refresh()
     assert app.state.watcher.state(CLIENTS_PII.name).phase is phase
 

@@ -13,11 +13,11 @@ from fastapi import FastAPI
 from sqlalchemy import URL, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from dualwrite import store
 from dualwrite.admin import ADMIN_MAX_BODY_BYTES, AdminContext, admin_router
 from dualwrite.config import Settings
 from dualwrite.phases import Phase
-from dualwrite.propagation import PhaseWatcher
+from dualwrite.runtime.watcher import PhaseWatcher
+from dualwrite.state import audit_log, fleet, registry
 from tests.conftest import make_settings
 
 NAME = "clients_pii"
@@ -47,7 +47,7 @@ async def client(engine: AsyncEngine, settings: Settings) -> AsyncIterator[httpx
 async def snapshot(engine: AsyncEngine) -> tuple[int, int]:
     """(state version, audit rows): neither may move on a refused request."""
     async with engine.connect() as conn:
-        version = (await store.get_migration(conn, NAME)).version
+        version = (await registry.get_migration(conn, NAME)).version
         rows = (await conn.execute(text("SELECT count(*) FROM dualwrite_audit"))).scalar_one()
     return version, int(rows)
 
@@ -82,8 +82,8 @@ async def test_auth_is_required_and_never_open(
 
 async def test_list_and_detail(engine: AsyncEngine, client: httpx.AsyncClient) -> None:
     async with engine.begin() as conn:
-        await store.heartbeat(
-            conn, store.Heartbeat("api-1", NAME, Phase.PLAINTEXT, 1, frozenset({"v1"}), host="h")
+        await fleet.heartbeat(
+            conn, fleet.Heartbeat("api-1", NAME, Phase.PLAINTEXT, 1, frozenset({"v1"}), host="h")
         )
     r = await client.get("/admin/migrations", headers=AUTH)
     assert r.status_code == 200
@@ -218,8 +218,8 @@ async def test_backfill_knobs(engine: AsyncEngine, client: httpx.AsyncClient) ->
     r = await client.post(f"{base}/resume", headers=AUTH, json={"reason": "load is low"})
     assert r.json()["backfill_control"]["paused"] is False
     async with engine.connect() as conn:
-        state = await store.get_migration(conn, NAME)
-        rows = await store.list_audit(conn, NAME)
+        state = await registry.get_migration(conn, NAME)
+        rows = await audit_log.list_audit(conn, NAME)
     assert state.backfill_control["batch_size"] == 250
     assert [r.action for r in rows] == ["backfill_control"] * 3
     assert rows[0].reason == "paused=false (load is low)"

@@ -11,13 +11,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clients_service.schema import CLIENTS_PII
 from clients_service.seed import seed_clients
-from dualwrite import store
 from dualwrite.backfill import Backfiller, BackfillOptions
 from dualwrite.config import Settings
 from dualwrite.crypto import BlindIndex, load_keyring
 from dualwrite.errors import MissingKeyError, ModeNotAllowedError, UnknownMigrationError
 from dualwrite.metrics import Metrics
 from dualwrite.phases import BackfillMode, Phase
+from dualwrite.schema import inspector
+from dualwrite.state import checkpoints, registry
 from dualwrite.verify import verify
 from tests.conftest import TEST_KEY_V1, TEST_KEY_V2, make_settings
 from tests.integration.backfill_helpers import (
@@ -46,9 +47,9 @@ def _rotated(settings: Settings) -> Settings:
     )  # fmt: skip
 
 
-async def _coverage(engine: AsyncEngine) -> store.Coverage:
+async def _coverage(engine: AsyncEngine) -> inspector.Coverage:
     async with engine.connect() as conn:
-        return await store.coverage(conn, CLIENTS_PII)
+        return await inspector.coverage(conn, CLIENTS_PII)
 
 
 async def test_encrypt_covers_every_row_and_records_finish(
@@ -67,8 +68,8 @@ async def test_encrypt_covers_every_row_and_records_finish(
         == ROWS
     )
     async with seeded.connect() as conn:
-        assert await store.last_backfill_finished_at(conn, "clients_pii") is not None
-        cp = await store.get_checkpoint(conn, "clients_pii", "encrypt")
+        assert await checkpoints.last_backfill_finished_at(conn, "clients_pii") is not None
+        cp = await checkpoints.get_checkpoint(conn, "clients_pii", "encrypt")
     assert cp is not None and cp.rows_done == ROWS and cp.finished_at is not None
     result = await verify(
         seeded, CLIENTS_PII, cipher_of(settings), BlindIndex.from_settings(settings)
@@ -259,7 +260,7 @@ async def test_knobs_apply_while_running_pause_and_resume(
 ) -> None:
     await move_to(seeded, Phase.DUAL_WRITE, Phase.BACKFILL)
     async with seeded.begin() as conn:
-        await store.update_backfill_control(conn, "clients_pii", {"paused": True})
+        await registry.update_backfill_control(conn, "clients_pii", {"paused": True})
     metrics = Metrics()
     task = asyncio.create_task(backfill(seeded, settings, "encrypt", metrics=metrics))
     await asyncio.sleep(0.8)
@@ -268,7 +269,7 @@ async def test_knobs_apply_while_running_pause_and_resume(
         metrics.value("dualwrite_backfill_throttled", migration="clients_pii", reason="paused") == 1
     )
     async with seeded.begin() as conn:
-        await store.update_backfill_control(
+        await registry.update_backfill_control(
             conn, "clients_pii", {"paused": False, "batch_size": 300}
         )
     report = await asyncio.wait_for(task, timeout=30)

@@ -24,10 +24,11 @@ from sqlalchemy import URL
 
 from clients_service.schema import CLIENTS_PII
 from clients_service.seed import seed_clients
-from dualwrite import store
 from dualwrite.crypto import BlindIndex
 from dualwrite.db import make_engine, start_embedded, stop_embedded
 from dualwrite.phases import Phase
+from dualwrite.schema import inspector
+from dualwrite.state import checkpoints
 from dualwrite.testing import DatabaseFactory
 from dualwrite.verify import verify
 from tests.conftest import make_settings
@@ -110,8 +111,8 @@ async def test_database_restart_mid_run_is_retried_and_finishes(
         assert report.rows_done == ROWS  # committed batches are not redone, none is lost
         await engine.dispose()  # the pool's connections died with the server
         async with engine.connect() as conn:
-            coverage = await store.coverage(conn, CLIENTS_PII)
-            checkpoint = await store.get_checkpoint(conn, "clients_pii", "encrypt")
+            coverage = await inspector.coverage(conn, CLIENTS_PII)
+            checkpoint = await checkpoints.get_checkpoint(conn, "clients_pii", "encrypt")
         assert coverage.rows_missing_ciphertext == 0
         assert checkpoint is not None and checkpoint.rows_done == ROWS
         result = await verify(

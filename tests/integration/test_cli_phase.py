@@ -14,10 +14,10 @@ from sqlalchemy import URL, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner
 
-from dualwrite import store
 from dualwrite.cli import app
 from dualwrite.db import make_engine
 from dualwrite.phases import Phase
+from dualwrite.state import audit_log, fleet, registry
 from tests.conftest import TEST_BIDX_KEY, TEST_KEY_V1
 
 NAME = "clients_pii"
@@ -53,11 +53,11 @@ def on_db(database_url: URL, work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
     return asyncio.run(go())
 
 
-def db_state(database_url: URL) -> tuple[Phase, int, list[store.AuditRecord]]:
-    async def work(engine: AsyncEngine) -> tuple[Phase, int, list[store.AuditRecord]]:
+def db_state(database_url: URL) -> tuple[Phase, int, list[audit_log.AuditRecord]]:
+    async def work(engine: AsyncEngine) -> tuple[Phase, int, list[audit_log.AuditRecord]]:
         async with engine.connect() as conn:
-            s = await store.get_migration(conn, NAME)
-            return s.phase, s.version, await store.list_audit(conn, NAME)
+            s = await registry.get_migration(conn, NAME)
+            return s.phase, s.version, await audit_log.list_audit(conn, NAME)
 
     return on_db(database_url, work)
 
@@ -90,8 +90,8 @@ def test_refusals_exit_1_and_change_nothing(cli: Callable[..., Result], database
 
     async def lagging(engine: AsyncEngine) -> None:
         async with engine.begin() as conn:
-            await store.heartbeat(
-                conn, store.Heartbeat("api-old", NAME, Phase.PLAINTEXT, 1, frozenset({"v1"}))
+            await fleet.heartbeat(
+                conn, fleet.Heartbeat("api-old", NAME, Phase.PLAINTEXT, 1, frozenset({"v1"}))
             )
 
     on_db(database_url, lagging)

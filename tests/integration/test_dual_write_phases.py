@@ -14,9 +14,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from dualwrite import migrate
 from dualwrite.metrics import Metrics
 from dualwrite.phases import Phase, behaviour
+from dualwrite.schema import migrate
 from tests.conftest import make_settings
 from tests.integration.clients_support import (
     FIELDS,

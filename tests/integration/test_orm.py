@@ -1,4 +1,4 @@
-"""dualwrite.orm on real PostgreSQL: phase-aware columns, one query per bulk read, search,
+"""dualwrite.runtime.table on real PostgreSQL: phase-aware columns, one query per bulk read, search,
 fallback, shadow reads, decrypt failures, refusal to write without keys."""
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clients_service.schema import CLIENTS_PII
 from clients_service.tables import CLIENTS
-from dualwrite.codec import EncryptionUnavailableError, FieldCodec, read_columns
 from dualwrite.crypto import BlindIndex, DataKey, FieldCipher, Keyring
-from dualwrite.errors import DecryptionError
+from dualwrite.errors import DecryptionError, EncryptionUnavailableError
 from dualwrite.metrics import Metrics
-from dualwrite.orm import EncryptedTable
 from dualwrite.phases import Phase, behaviour
+from dualwrite.runtime.codec import FieldCodec, read_columns
+from dualwrite.runtime.table import EncryptedTable
 from tests.conftest import TEST_BIDX_KEY, TEST_KEY_V1
 
 KEYRING = Keyring([DataKey("v1", base64.b64decode(TEST_KEY_V1))])

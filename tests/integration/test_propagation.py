@@ -15,12 +15,12 @@ import pytest
 from sqlalchemy import URL, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from dualwrite import store
 from dualwrite.db import make_engine
 from dualwrite.errors import UnknownMigrationError
 from dualwrite.metrics import Metrics
 from dualwrite.phases import Phase
-from dualwrite.propagation import PhaseWatcher
+from dualwrite.runtime.watcher import PhaseWatcher
+from dualwrite.state import fleet, read_events, registry
 from tests.conftest import make_settings
 
 NAME = "clients_pii"
@@ -30,10 +30,10 @@ T = TypeVar("T")
 async def move(engine: AsyncEngine, target: Phase, *, notify: bool = True) -> int:
     """Change the phase the way a transition does (CAS + NOTIFY), return the new version."""
     async with engine.begin() as conn:
-        state = await store.get_migration(conn, NAME, for_update=True)
-        new = await store.compare_and_swap_phase(conn, NAME, state.version, target)
+        state = await registry.get_migration(conn, NAME, for_update=True)
+        new = await registry.compare_and_swap_phase(conn, NAME, state.version, target)
         if notify:
-            await store.notify_phase(conn, new)
+            await registry.notify_phase(conn, new)
     return new.version
 
 
@@ -93,7 +93,7 @@ async def test_heartbeat_records_what_was_observed_and_stop_removes_it(
 ) -> None:
     async with watcher(database_url, instance_id="api-1") as (w, _):
         async with engine.connect() as conn:
-            [inst] = await store.list_instances(conn, NAME)
+            [inst] = await fleet.list_instances(conn, NAME)
         assert (inst.instance_id, inst.observed_phase, inst.observed_version) == (
             "api-1",
             Phase.PLAINTEXT,
@@ -105,11 +105,11 @@ async def test_heartbeat_records_what_was_observed_and_stop_removes_it(
 
         async def heartbeat_version() -> int | None:
             async with engine.connect() as conn:
-                return (await store.list_instances(conn, NAME))[0].observed_version
+                return (await fleet.list_instances(conn, NAME))[0].observed_version
 
         await wait_until(heartbeat_version, lambda v: v == version, timeout=3.0)
     async with engine.connect() as conn:
-        assert await store.list_instances(conn, NAME) == []
+        assert await fleet.list_instances(conn, NAME) == []
 
 
 async def wait_until(
@@ -135,7 +135,7 @@ async def test_read_events_are_flushed_under_the_observed_version(
 
         async def totals() -> dict[str, int]:
             async with engine.connect() as conn:
-                return await store.read_event_totals(conn, NAME, version)
+                return await read_events.read_event_totals(conn, NAME, version)
 
         await wait_until(
             totals, lambda t: t == {"read_fallback": 2, "shadow_mismatch": 1}, timeout=3.0
@@ -167,7 +167,7 @@ async def test_observed_version_never_goes_backwards_and_metrics_follow(
 async def test_survives_killed_connections(
     engine: AsyncEngine, database_url: URL, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="dualwrite.propagation")
+    caplog.set_level(logging.WARNING, logger="dualwrite.runtime.watcher")
     async with watcher(database_url, poll=0.2, listen=True) as (w, _):
         async with engine.connect() as conn:  # kill every other backend: pooled + LISTEN
             await conn.execute(

@@ -9,9 +9,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clients_service.schema import CLIENTS_PII
 from clients_service.seed import seed_clients
-from dualwrite import migrate
 from dualwrite.db import make_engine
 from dualwrite.errors import DualwriteError
+from dualwrite.schema import migrate
 from dualwrite.testing import DatabaseFactory
 
 
@@ -49,10 +49,13 @@ async def test_upgrade_downgrade_upgrade(db_factory: DatabaseFactory) -> None:
         assert cols["first_name"][1] == "YES"  # contract writes NULL plaintext
         idx = await indexes(engine, "clients")
         assert {
-            "ix_clients_workspace_lastname_firstname", "ix_clients_workspace_email",
-            "ix_clients_workspace_updated", "ix_clients_workspace_active",
+            "ix_clients_workspace_lastname_firstname",
+            "ix_clients_workspace_email",
+            "ix_clients_workspace_updated",
+            "ix_clients_workspace_active",
             "ix_clients_workspace_id_active",
-            "ix_clients_email_bidx", "ix_clients_phone_bidx",
+            "ix_clients_email_bidx",
+            "ix_clients_phone_bidx",
         } <= idx
         async with engine.connect() as conn:
             phase = (await conn.execute(text("SELECT phase FROM dualwrite_migrations"))).scalar()

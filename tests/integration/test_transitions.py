@@ -10,18 +10,21 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clients_service.seed import seed_clients
-from dualwrite import store
 from dualwrite.config import Settings
+from dualwrite.control.facts import gather_facts
+from dualwrite.control.transitions import change_phase, decide
 from dualwrite.errors import (
     DualwriteError,
     GuardsFailedError,
     IllegalTransitionError,
+    ReasonRequiredError,
     TransitionConflictError,
     UnknownMigrationError,
     UnknownPhaseError,
 )
 from dualwrite.phases import Phase
-from dualwrite.transitions import ReasonRequiredError, change_phase, decide, gather_facts
+from dualwrite.schema import inspector
+from dualwrite.state import audit_log, checkpoints, fleet, read_events, registry, results
 
 NAME = "clients_pii"
 
@@ -43,29 +46,29 @@ async def set_phase(engine: AsyncEngine, phase: Phase) -> int:
         )
 
 
-async def state(engine: AsyncEngine) -> store.MigrationState:
+async def state(engine: AsyncEngine) -> registry.MigrationState:
     async with engine.connect() as conn:
-        return await store.get_migration(conn, NAME)
+        return await registry.get_migration(conn, NAME)
 
 
-async def audit(engine: AsyncEngine) -> list[store.AuditRecord]:
+async def audit(engine: AsyncEngine) -> list[audit_log.AuditRecord]:
     async with engine.connect() as conn:
-        return list(reversed(await store.list_audit(conn, NAME)))
+        return list(reversed(await audit_log.list_audit(conn, NAME)))
 
 
 async def beat(
     engine: AsyncEngine, instance: str, phase: Phase | None, version: int | None
 ) -> None:
     async with engine.begin() as conn:
-        await store.heartbeat(
+        await fleet.heartbeat(
             conn,
-            store.Heartbeat(instance, NAME, phase, version, frozenset({"v1"}), host="h1", pid=7),
+            fleet.Heartbeat(instance, NAME, phase, version, frozenset({"v1"}), host="h1", pid=7),
         )
 
 
 async def move(
     engine: AsyncEngine, settings: Settings, target: str, **kw: object
-) -> store.MigrationState:
+) -> registry.MigrationState:
     opts: dict[str, object] = {"actor": "test", "reason": None, "force": False}
     opts.update(kw)
     return await change_phase(
@@ -108,7 +111,7 @@ async def test_fleet_guard_blocks_until_every_live_instance_observed(
 
     with pytest.raises(GuardsFailedError) as refused:
         await move(engine, settings, "backfill", reason="try")
-    assert [f.split(":")[0] for f in refused.value.failures] == ["fleet_observed_dual_write"]
+    assert [f.name for f in refused.value.failures] == ["fleet_observed_dual_write"]
     assert "instance api-1" in str(refused.value)
     assert (await state(engine)).version == dual.version  # no state change
     last = (await audit(engine))[-1]
@@ -170,7 +173,7 @@ async def test_concurrent_changes_exactly_one_winner(
                 await asyncio.sleep(0.02)
         await holder.rollback()
         results = await asyncio.gather(*racers, return_exceptions=True)
-    winners = [r for r in results if isinstance(r, store.MigrationState)]
+    winners = [r for r in results if isinstance(r, registry.MigrationState)]
     losers = [r for r in results if isinstance(r, TransitionConflictError)]
     assert len(winners) == 1 and len(losers) == 1, results
     assert "changed concurrently" in str(losers[0])
@@ -220,7 +223,7 @@ async def test_forced_change_overrides_guards_and_is_marked(
     await set_phase(engine, Phase.BACKFILL)  # no verification, no gate: guards fail
     with pytest.raises(GuardsFailedError) as refused:
         await move(engine, settings, "read_switch")
-    failing = {f.split(":")[0] for f in refused.value.failures}
+    failing = {f.name for f in refused.value.failures}
     assert failing == {"verification_passed", "latency_gate_passed"}
     new = await move(engine, settings, "read_switch", force=True, reason="incident 42")
     assert new.phase is Phase.READ_SWITCH
@@ -235,12 +238,14 @@ async def test_data_guards_pass_from_recorded_results(
     await set_phase(engine, Phase.BACKFILL)
     entered = (await state(engine)).changed_at
     async with engine.begin() as conn:
-        await store.save_checkpoint(conn, store.Checkpoint(NAME, "encrypt", finished_at=entered))
-        await store.record_verification(
-            conn,
-            store.VerificationRecord(NAME, Phase.BACKFILL, entered, True, 0, 0, 0, 0),
+        await checkpoints.save_checkpoint(
+            conn, checkpoints.Checkpoint(NAME, "encrypt", finished_at=entered)
         )
-        await store.record_gate(conn, NAME, Phase.BACKFILL, True, {"p95_ms": 3})
+        await results.record_verification(
+            conn,
+            results.VerificationRecord(NAME, Phase.BACKFILL, entered, True, 0, 0, 0, 0),
+        )
+        await results.record_gate(conn, NAME, Phase.BACKFILL, True, {"p95_ms": 3})
     _, decision = await decide(engine, NAME, "read_switch", settings=settings, keyring_current="v1")
     assert decision.allowed, decision.describe()
     assert (await move(engine, settings, "read_switch")).phase is Phase.READ_SWITCH
@@ -251,12 +256,12 @@ async def test_read_events_count_only_since_the_switch(
 ) -> None:
     v = await set_phase(engine, Phase.READ_SWITCH)
     async with engine.begin() as conn:
-        await store.add_read_events(conn, NAME, v - 1, {"shadow_mismatch": 5})  # before
-        await store.record_gate(conn, NAME, Phase.READ_SWITCH, True, {})
-        facts = await gather_facts(conn, await store.get_migration(conn, NAME), settings, "v1")
+        await read_events.add_read_events(conn, NAME, v - 1, {"shadow_mismatch": 5})  # before
+        await results.record_gate(conn, NAME, Phase.READ_SWITCH, True, {})
+        facts = await gather_facts(conn, await registry.get_migration(conn, NAME), settings, "v1")
     assert facts.shadow_mismatches_since_switch == 0
     async with engine.begin() as conn:
-        await store.add_read_events(conn, NAME, v, {"read_fallback": 2})
+        await read_events.add_read_events(conn, NAME, v, {"read_fallback": 2})
     with pytest.raises(GuardsFailedError, match="2 plaintext fallbacks"):
         await move(engine, settings, "contract")
 
@@ -266,7 +271,7 @@ async def test_finalize_applies_contract_revision_and_rollback_restores_columns(
 ) -> None:
     async def plaintext_present() -> bool:
         async with engine.connect() as conn:
-            return await store.plaintext_columns_present(conn, (await state(engine)).spec)
+            return await inspector.plaintext_columns_present(conn, (await state(engine)).spec)
 
     await set_phase(engine, Phase.CONTRACT)
     new = await move(engine, settings, "finalized", reason="done")
@@ -288,4 +293,4 @@ async def test_forced_finalize_never_drops_unpurged_plaintext(
         await move(engine, settings, "finalized", force=True, reason="yolo")
     assert (await state(engine)).version == v
     async with engine.connect() as conn:
-        assert await store.plaintext_columns_present(conn, (await state(engine)).spec)
+        assert await inspector.plaintext_columns_present(conn, (await state(engine)).spec)

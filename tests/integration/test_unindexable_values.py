@@ -9,10 +9,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clients_service.schema import CLIENTS_PII
-from dualwrite import store
 from dualwrite.config import Settings
 from dualwrite.crypto import BlindIndex
 from dualwrite.phases import Phase
+from dualwrite.schema import inspector
 from dualwrite.verify import verify
 from tests.integration.backfill_helpers import backfill, cipher_of, move_to
 
@@ -35,7 +35,7 @@ async def test_unindexable_phone_counts_as_covered_and_matches_no_search(
     assert report.rows_done == 2
 
     async with engine.connect() as conn:
-        cov = await store.coverage(conn, CLIENTS_PII)
+        cov = await inspector.coverage(conn, CLIENTS_PII)
         stored = (
             await conn.execute(text("SELECT phone_bidx FROM clients WHERE phone = 'n/a'"))
         ).scalar_one()

@@ -11,11 +11,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clients_service.schema import CLIENTS_PII
 from clients_service.seed import seed_clients
-from dualwrite import store
 from dualwrite.config import Settings
 from dualwrite.crypto import BlindIndex
 from dualwrite.errors import PhaseError
 from dualwrite.phases import Phase
+from dualwrite.state import results
 from dualwrite.verify import verify
 from tests.conftest import TEST_BIDX_KEY, TEST_KEY_V1
 from tests.integration.backfill_helpers import backfill, cipher_of, move_to, plaintexts
@@ -64,7 +64,7 @@ async def test_clean_table_passes_and_is_recorded(
     assert report.ok and report.checked == ROWS and report.binary
     assert dict(report.versions) == {"v1": report.versions["v1"]} and report.versions["v1"] > ROWS
     async with encrypted.connect() as conn:
-        rec = await store.latest_verification(conn, "clients_pii")
+        rec = await results.latest_verification(conn, "clients_pii")
     assert rec is not None and rec.full and rec.mismatches == 0 and rec.missing == 0
 
 
@@ -84,7 +84,7 @@ async def test_finds_each_kind_reports_keys_only_and_repairs(
         for value in values:
             assert value is None or str(value) not in rendered  # never a value
     async with encrypted.connect() as conn:
-        rec = await store.latest_verification(conn, "clients_pii")
+        rec = await results.latest_verification(conn, "clients_pii")
     assert rec is not None and rec.mismatches == 1 and rec.undecryptable == 1
     repaired = await verify(encrypted, CLIENTS_PII, cipher, bidx, repair=True)
     assert repaired.repaired == 3 and repaired.repair_conflicts == 0

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dualwrite.gate import DEFAULT_THRESHOLDS_MS, EndpointStats, judge, parse_stats_csv
+from clients_service.gate import DEFAULT_THRESHOLDS_MS
+from dualwrite.control.gate import EndpointStats, judge, parse_stats_csv
 
 SINGLE = "GET /workspaces/{ws}/clients/{id}"
 BULK = "GET /workspaces/{ws}/clients?limit=100"

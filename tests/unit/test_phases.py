@@ -1,4 +1,4 @@
-"""Unit tests of the phase logic (dualwrite.phases + dualwrite.guards): no database, no clock.
+"""Unit tests of the phase logic (the dualwrite.phases package): no database, no clock.
 
 Forward moves: a snapshot where every guard passes is allowed; flipping exactly one fact makes
 exactly one guard fail, with a reason that carries the numbers. Backward moves, illegal moves,
@@ -18,8 +18,11 @@ from typing import Any
 
 import pytest
 
-import dualwrite.guards as guards_module
 import dualwrite.phases as phases_module
+import dualwrite.phases.facts as facts_module
+import dualwrite.phases.guards as guards_module
+import dualwrite.phases.model as model_module
+import dualwrite.phases.policy as policy_module
 from dualwrite.errors import (
     DualwriteError,
     GuardsFailedError,
@@ -297,7 +300,7 @@ def test_forward_guard_fails_alone(
         assert fragment in reason
     with pytest.raises(GuardsFailedError) as info:
         decision.raise_if_refused()
-    assert info.value.failures == [f"{guard}: {reason}"]
+    assert info.value.failures == (GuardResult(guard, False, reason),)
     assert f"cannot move from {current} to {target}" in str(info.value)
 
 
@@ -752,14 +755,17 @@ def test_decision_with_no_guards_is_allowed() -> None:
 # --- purity and docs ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("module", [phases_module, guards_module])
+PHASE_MODULES = [phases_module, model_module, facts_module, guards_module, policy_module]
+
+
+@pytest.mark.parametrize("module", [model_module, guards_module, policy_module])
 def test_doctests_pass(module: Any) -> None:
     result = doctest.testmod(module)
     assert result.attempted > 0
     assert result.failed == 0
 
 
-@pytest.mark.parametrize("module", [phases_module, guards_module])
+@pytest.mark.parametrize("module", PHASE_MODULES)
 def test_module_is_pure(module: Any) -> None:
     """No I/O imports and no clock reads in the pure core."""
     tree = ast.parse(Path(module.__file__).read_text())
@@ -778,8 +784,10 @@ def test_module_is_pure(module: Any) -> None:
         "types",
         "typing",
         "dualwrite.errors",
-        "dualwrite.guards",
-        "dualwrite.phases",
+        "dualwrite.phases.facts",
+        "dualwrite.phases.guards",
+        "dualwrite.phases.model",
+        "dualwrite.phases.policy",
     }
     assert imported <= allowed
     clock_calls = {

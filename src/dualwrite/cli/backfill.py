@@ -29,7 +29,9 @@ from dualwrite.phases import BackfillMode
 @app.command("backfill")
 @cli_errors
 def backfill(
-    migration: Annotated[str, typer.Option(help="migration name")] = "clients_pii",
+    migration: Annotated[
+        str | None, typer.Option(help="migration name (default: the only registered one)")
+    ] = None,
     mode: Annotated[str, typer.Option(help="encrypt | decrypt | rekey | purge")] = "encrypt",
     batch_size: Annotated[int | None, typer.Option(min=1, max=100_000)] = None,
     max_rows_per_second: Annotated[float | None, typer.Option(min=0)] = None,
@@ -52,7 +54,7 @@ def backfill(
         raise typer.Exit(_spawn(workers))
     # imported here, not at the top, so that ``dualwrite --help`` stays quick
     from dualwrite.backfill import Backfiller, BackfillOptions
-    from dualwrite.backfill_progress import JsonLinesProgress, default_sink
+    from dualwrite.backfill.progress import JsonLinesProgress, default_sink
     from dualwrite.crypto import BlindIndex, FieldCipher, load_keyring
     from dualwrite.db import open_engine
     from dualwrite.metrics import Metrics
@@ -86,9 +88,13 @@ def backfill(
     sink = JsonLinesProgress(sys.stdout) if json_lines else default_sink(sys.stdout)
 
     async def go() -> dict[str, object]:
+        from dualwrite.state import registry
+
         async with open_engine(s, pool_size=2) as engine:
+            async with engine.connect() as conn:
+                name = await registry.resolve_name(conn, migration)
             worker = Backfiller(
-                engine, migration, FieldCipher(keyring), bidx, options,
+                engine, name, FieldCipher(keyring), bidx, options,
                 metrics=metrics, progress=sink,
             )  # fmt: skip
             loop = asyncio.get_running_loop()

@@ -27,8 +27,8 @@ def _migrate(
     s: Settings, step: Callable[[AsyncEngine, Config], Awaitable[None]] | None = None
 ) -> str | None:
     """Run one Alembic ``step`` (if any) on the configured database; the revision it is at."""
-    from dualwrite import migrate
     from dualwrite.db import open_engine
+    from dualwrite.schema import migrate
 
     async def go() -> str | None:
         cfg = migrate.alembic_config()
@@ -48,7 +48,7 @@ def upgrade(
     ] = None,
 ) -> None:
     """Apply revisions up to and including the expand (never the contract: see `finalize`)."""
-    from dualwrite import migrate
+    from dualwrite.schema import migrate
 
     s = settings()
     reached = _migrate(s, lambda engine, cfg: migrate.upgrade(engine, cfg, revision, settings=s))
@@ -59,7 +59,7 @@ def upgrade(
 @cli_errors
 def downgrade(revision: Annotated[str, typer.Argument(help="target revision, -1 or base")]) -> None:
     """Revert revisions down to REVISION."""
-    from dualwrite import migrate
+    from dualwrite.schema import migrate
 
     s = settings()
     reached = _migrate(s, lambda engine, cfg: migrate.downgrade(engine, cfg, revision, settings=s))

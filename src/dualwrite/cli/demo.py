@@ -19,9 +19,15 @@ def demo(
     ] = 20_000,
 ) -> None:
     """Seed plaintext clients, then encrypt them live: every phase, real guards, no lost write."""
-    from dualwrite.demo import run_demo
+    import importlib
 
-    summary = run_async(run_demo(settings(), rows=rows, say=console.print))
+    s = settings()
+    module, _, attr = s.reference_demo.partition(":")
+    try:
+        run_demo = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError):
+        raise fail(f"REFERENCE_DEMO {s.reference_demo!r} is not importable") from None
+    summary = run_async(run_demo(s, rows=rows, say=console.print))
     table = Table(title="dualwrite demo")
     table.add_column("")
     table.add_column("result")

@@ -1,7 +1,7 @@
 """``dualwrite phase show|set`` and ``dualwrite finalize`` — phase control straight on the database.
 
 Same guards, compare-and-swap and audit as the admin API (both call
-:mod:`dualwrite.transitions`), so the CLI works with no API running:
+:mod:`dualwrite.control.transitions`), so the CLI works with no API running:
 
     $ dualwrite phase show
     $ dualwrite phase set clients_pii dual_write --reason "start encryption"
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
 
     from dualwrite.config import Settings
-    from dualwrite.store import MigrationState
+    from dualwrite.state.registry import MigrationState
 
 # SQLAlchemy-backed modules (store, transitions, report, db) are imported inside the functions:
 # ``dualwrite --help`` stays quick.
@@ -60,22 +60,22 @@ def refused(exc: GuardsFailedError) -> typer.Exit:
     head = str(exc).split(": ", 1)[0]
     err_console.print(f"[red]error:[/red] {head}: {len(exc.failures)} guard(s) failed", markup=True)
     for failure in exc.failures:
-        err_console.print(f"  - {failure}", markup=False, soft_wrap=True)
+        err_console.print(f"  - {failure.name}: {failure.reason}", markup=False, soft_wrap=True)
     err_console.print("  (override with --force and a --reason; the audit log keeps it)")
     return typer.Exit(1)
 
 
 async def selected_states(conn: AsyncConnection, name: str | None) -> list[MigrationState]:
     """Migration ``name``, or every migration when ``name`` is ``None`` (``show``, ``status``)."""
-    from dualwrite import store
+    from dualwrite.state import registry
 
     if name is not None:
-        return [await store.get_migration(conn, name)]
-    return await store.list_migrations(conn)
+        return [await registry.get_migration(conn, name)]
+    return await registry.list_migrations(conn)
 
 
 def print_states(states: list[MigrationState]) -> None:
-    from dualwrite.report import state_summary
+    from dualwrite.control.report import state_summary
 
     table = Table("migration", "table", "phase", "version", "changed at", "reads", "writes")
     for s in states:
@@ -108,8 +108,8 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Show the phase and version of one or every migration."""
+    from dualwrite.control.report import state_summary
     from dualwrite.db import open_engine
-    from dualwrite.report import state_summary
 
     s = settings()
 
@@ -127,7 +127,7 @@ def show(
 async def _change(
     s: Settings, name: str, target: str, *, actor: str, reason: str | None, force: bool
 ) -> MigrationState:
-    from dualwrite import transitions
+    from dualwrite.control import transitions
     from dualwrite.db import open_engine
 
     async with open_engine(s) as engine:

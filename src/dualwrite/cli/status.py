@@ -56,7 +56,7 @@ def _done(mode: str, rows: int, backfill: dict[str, Any]) -> str:
 
 
 def render(report: dict[str, Any]) -> Panel:
-    """The rich panel of one :func:`~dualwrite.report.migration_report`."""
+    """The rich panel of one :func:`~dualwrite.control.report.migration_report`."""
     b, cov, bf = report["behaviour"], report["coverage"], report["backfill"]
     ver, gate = report["last_verification"], report["last_gate"]
     done = ", ".join(_done(m, n, bf) for m, n in sorted(bf["rows_done"].items())) or "none"
@@ -131,8 +131,8 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Phase, coverage, backfill progress, last verification/gate and fleet on one screen."""
+    from dualwrite.control.report import migration_report
     from dualwrite.db import open_engine  # SQLAlchemy: imported here so --help stays quick
-    from dualwrite.report import migration_report
 
     s = settings()
     key = current_key_version(s)

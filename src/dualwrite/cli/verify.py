@@ -23,7 +23,9 @@ from dualwrite.errors import DualwriteError, MissingKeyError
 @app.command("verify")
 @cli_errors
 def verify(
-    migration: Annotated[str, typer.Option(help="migration name")] = "clients_pii",
+    migration: Annotated[
+        str | None, typer.Option(help="migration name (default: the only registered one)")
+    ] = None,
     full: Annotated[bool, typer.Option("--full", help="check every row")] = False,
     sample: Annotated[int | None, typer.Option(min=1, help="check N random rows")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object")] = False,
@@ -33,9 +35,9 @@ def verify(
     if full == (sample is not None):
         raise DualwriteError("choose exactly one of --full or --sample N")
     # imported here, not at the top, so that ``dualwrite --help`` stays quick
-    from dualwrite import store
     from dualwrite.crypto import BlindIndex, FieldCipher, load_keyring
     from dualwrite.db import open_engine
+    from dualwrite.state import registry
     from dualwrite.verify import verify as run_verify
 
     s = settings()
@@ -48,7 +50,8 @@ def verify(
     async def go() -> dict[str, object]:
         async with open_engine(s, pool_size=2) as engine:
             async with engine.connect() as conn:
-                spec = (await store.get_migration(conn, migration)).spec
+                name = await registry.resolve_name(conn, migration)
+                spec = (await registry.get_migration(conn, name)).spec
             report = await run_verify(
                 engine, spec, cipher, bidx, full=full, sample=sample, repair=repair
             )

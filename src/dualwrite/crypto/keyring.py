@@ -2,10 +2,9 @@
 
 A :class:`DataKey` is one AES-256 key with a version label (``v1``, ``v2``, ...) and dates; a
 :class:`Keyring` holds every version this process may decrypt with and names exactly one
-*current* version, the one new values are encrypted with. Keys come from a :class:`KeyProvider`
-(environment, ``ENCRYPTION_KEYS_FILE``, a secrets manager): those live in
-:mod:`dualwrite.crypto.providers` and are re-exported here, so
-``from dualwrite.crypto.keyring import load_keyring`` works as well.
+*current* version, the one new values are encrypted with. Keys come from a key provider
+(environment, ``ENCRYPTION_KEYS_FILE``, a secrets manager) in :mod:`dualwrite.crypto.providers`,
+which builds keyrings from this module's classes.
 
 >>> import os
 >>> k1, k2 = os.urandom(KEY_BYTES), os.urandom(KEY_BYTES)
@@ -22,37 +21,14 @@ Key material never shows in a ``repr``, a ``str`` or an error message. Nothing h
 
 from __future__ import annotations
 
-import importlib
 import re
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
 from dualwrite.errors import KeyringError, MissingKeyError
 
-if TYPE_CHECKING:  # re-exported lazily by __getattr__ at the bottom (no import cycle)
-    from dualwrite.crypto.providers import (
-        EnvKeyProvider,
-        FileKeyProvider,
-        KeyProvider,
-        generate_key,
-        load_blind_index_key,
-        load_keyring,
-    )
-
-__all__ = [
-    "DEFAULT_LIFETIME_DAYS",
-    "KEY_BYTES",
-    "DataKey",
-    "EnvKeyProvider",
-    "FileKeyProvider",
-    "KeyProvider",
-    "Keyring",
-    "generate_key",
-    "is_version_label",
-    "load_blind_index_key",
-    "load_keyring",
-]
+__all__ = ["DEFAULT_LIFETIME_DAYS", "KEY_BYTES", "DataKey", "Keyring", "is_version_label"]
 
 KEY_BYTES = 32
 DEFAULT_LIFETIME_DAYS = 90
@@ -244,17 +220,3 @@ class Keyring:
         )
 
     __str__ = __repr__
-
-
-# --- key sources (re-exported) ----------------------------------------------------------------
-# The providers live in dualwrite.crypto.providers, which imports DataKey and Keyring from here.
-# To keep ``from dualwrite.crypto.keyring import load_keyring`` working without an import cycle,
-# their names resolve lazily, on first access.
-
-
-def __getattr__(name: str) -> object:
-    """``keyring.load_keyring`` and the other names of :mod:`.providers`, on first access."""
-    providers = importlib.import_module("dualwrite.crypto.providers")
-    if name in providers.__all__:
-        return getattr(providers, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,120 @@
+"""``contract -> finalized`` and back: the contract revision, run only after its guards pass.
+
+:func:`finalize` evaluates the guards, applies the contract Alembic revision (drops the
+plaintext columns) and moves the phase; ``finalized -> contract`` first runs that revision's
+downgrade (:func:`restore_plaintext_columns`, re-adds the plaintext columns, nullable).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from alembic.config import Config
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from dualwrite.config import Settings
+from dualwrite.control.apply import (
+    apply_decision,
+    audit_refusal,
+    check_request,
+    require_reason,
+)
+from dualwrite.control.facts import gather_facts
+from dualwrite.errors import ConfigError, PhaseError
+from dualwrite.phases import Phase, evaluate
+from dualwrite.schema import inspector, migrate
+from dualwrite.state import registry
+from dualwrite.state.registry import MigrationState
+
+__all__ = ["contract_revision", "finalize", "restore_plaintext_columns"]
+
+log = logging.getLogger("dualwrite.control.finalize")
+
+
+def contract_revision(cfg: Config, name: str) -> tuple[str, str]:
+    """``(revision, parent)`` of the contract revision of migration ``name``.
+
+    With several contract revisions (several migrations), each must name its migration with a
+    module attribute ``dualwrite_migration = "<name>"``.
+    """
+    candidates = []
+    for rev in migrate.contract_scripts(cfg):
+        owner = getattr(rev.module, "dualwrite_migration", None)
+        if owner in (None, name):
+            candidates.append((rev.revision, rev.down_revision, owner))
+    named = [c for c in candidates if c[2] == name]
+    chosen = named or candidates
+    if len(chosen) != 1:
+        what = "no" if not chosen else "several"
+        raise ConfigError(
+            f"{what} contract revision found for migration {name}: mark it with "
+            f"`{migrate.CONTRACT_MARKER} = True` and `dualwrite_migration = {name!r}`"
+        )
+    revision, parent, _ = chosen[0]
+    if not isinstance(parent, str):
+        raise ConfigError(f"contract revision {revision} must have exactly one parent")
+    return revision, parent
+
+
+async def restore_plaintext_columns(
+    engine: AsyncEngine, state: MigrationState, settings: Settings, cfg: Config | None
+) -> None:
+    """``finalized -> contract``: downgrade the contract revision unless already undone."""
+    async with engine.connect() as conn:
+        if await inspector.plaintext_columns_present(conn, state.spec):
+            return
+    cfg = cfg or migrate.alembic_config()
+    revision, parent = contract_revision(cfg, state.name)
+    at = await migrate.current(engine, cfg)
+    if at != revision:
+        raise PhaseError(
+            f"the database is at revision {at}, not the contract revision {revision}: "
+            f"downgrade to {revision} first, then retry"
+        )
+    log.info("migration %s: downgrading contract revision %s", state.name, revision)
+    await migrate.downgrade(engine, cfg, parent, settings=settings)
+
+
+async def finalize(
+    engine: AsyncEngine,
+    name: str,
+    *,
+    actor: str,
+    reason: str | None,
+    force: bool,
+    settings: Settings,
+    keyring_current: str | None,
+    expected_version: int | None = None,
+    alembic_cfg: Config | None = None,
+) -> MigrationState:
+    """``contract -> finalized``: evaluate the guards, apply the contract revision, move.
+
+    1. In a short transaction: read the state, gather the facts, evaluate (refusal: audited,
+       ``GuardsFailedError``). The facts transaction ends before any DDL, so it holds no lock
+       on the table the revision alters.
+    2. Lock the state row (``FOR UPDATE``) and check its version is unchanged; while holding
+       it, run the contract revision on another connection (it re-checks that every plaintext
+       is purged, even when forced: a forced finalize never drops data), then CAS + audit
+       (``action='finalize'``) + NOTIFY, and commit. Nobody can move the phase in between.
+    """
+    reason = require_reason(force, reason)
+    target = Phase.FINALIZED
+    async with engine.begin() as conn:
+        state = await registry.get_migration(conn, name)
+        check_request(state, target, expected_version)
+        facts = await gather_facts(conn, state, settings, keyring_current)
+        decision = evaluate(state.phase, target, facts)
+    if not (decision.allowed or force):
+        await audit_refusal(engine, state, decision, actor, reason)
+        decision.raise_if_refused()
+    cfg = alembic_cfg or migrate.alembic_config()
+    revision, _ = contract_revision(cfg, name)
+    async with engine.begin() as conn:
+        locked = await registry.get_migration(conn, name, for_update=True)
+        check_request(locked, target, state.version)
+        if await migrate.current(engine, cfg) != revision:
+            log.info("migration %s: applying contract revision %s", name, revision)
+            await migrate.upgrade(engine, cfg, revision, allow_contract=True, settings=settings)
+        return await apply_decision(
+            conn, locked, decision, actor=actor, reason=reason, action="finalize"
+        )

@@ -1,0 +1,86 @@
+"""The snapshot the guards judge (pure): fleet heartbeats, results, counts, one clock.
+
+``Facts.now`` is the database clock at the time of the snapshot; nothing here reads a clock.
+"Live" instances are those whose heartbeat is at most ``3 * poll_interval_seconds`` old
+(inclusive).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from dualwrite.phases.model import Phase
+
+__all__ = ["Facts", "GateView", "InstanceView", "VerificationView", "live_instances"]
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceView:
+    """One API instance's latest heartbeat."""
+
+    instance_id: str
+    observed_phase: Phase | None
+    observed_version: int | None
+    key_versions: frozenset[str]
+    last_seen: datetime
+    host: str = ""
+    pid: int = 0
+
+    @property
+    def label(self) -> str:
+        """How reasons name an instance: ``instance api-2 (host h, pid 12)``."""
+        parts = [f"host {self.host}"] if self.host else []
+        parts += [f"pid {self.pid}"] if self.pid else []
+        return f"instance {self.instance_id}" + (f" ({', '.join(parts)})" if parts else "")
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationView:
+    """The last verification run (``full`` = every row, not a sample)."""
+
+    finished_at: datetime
+    full: bool
+    mismatches: int
+    missing: int
+    undecryptable: int
+    phase: Phase
+
+
+@dataclass(frozen=True, slots=True)
+class GateView:
+    """The last recorded latency-gate run and the phase it ran in."""
+
+    finished_at: datetime
+    passed: bool
+    phase: Phase
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """A snapshot of everything the guards look at (timezone-aware datetimes, one clock)."""
+
+    now: datetime
+    state_version: int  # current version of the state row
+    phase_changed_at: datetime  # when the current phase was entered
+    schema_expanded: bool  # ciphertext columns + stale-ciphertext trigger present
+    plaintext_columns_present: bool
+    current_key_version: str | None  # the version the fleet must hold
+    instances: tuple[InstanceView, ...] = ()
+    rows_missing_ciphertext: int = 0  # plaintext present, ciphertext or blind index missing
+    rows_ciphertext_without_plaintext: int = 0  # plaintext incomplete
+    rows_with_plaintext: int = 0  # plaintext not yet purged
+    backfill_finished_at: datetime | None = None  # last encrypt run that found nothing left
+    last_verification: VerificationView | None = None
+    last_gate: GateView | None = None
+    shadow_mismatches_since_switch: int = 0
+    fallbacks_since_switch: int = 0
+    poll_interval_seconds: float = 2.0
+    soak_seconds: float = 300.0
+    require_latency_gate: bool = True
+
+
+def live_instances(facts: Facts) -> tuple[InstanceView, ...]:
+    """Instances whose heartbeat is at most 3 poll intervals old at ``facts.now``."""
+    window = timedelta(seconds=3 * facts.poll_interval_seconds)
+    return tuple(i for i in facts.instances if facts.now - i.last_seen <= window)

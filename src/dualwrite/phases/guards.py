@@ -1,0 +1,250 @@
+"""Guard evaluation inputs and the individual guards of phase moves (pure).
+
+:mod:`dualwrite.phases.policy` says which guard applies to which move. This module only knows
+how to check one fact against a :class:`~dualwrite.phases.facts.Facts` snapshot; it never reads
+the clock (``facts.now`` is the time of the snapshot) and never touches the database.
+
+Every guard returns a :class:`GuardResult`, passed or not, with a short reason carrying the
+numbers, so the admin API can list all of them:
+
+>>> from datetime import UTC, datetime
+>>> from dualwrite.phases.facts import Facts
+>>> t = datetime(2025, 1, 1, 12, tzinfo=UTC)
+>>> facts = Facts(now=t, state_version=5, phase_changed_at=t, schema_expanded=True,
+...               plaintext_columns_present=True, current_key_version="v2",
+...               rows_missing_ciphertext=3)
+>>> coverage_complete(facts)
+GuardResult(name='coverage_complete', passed=False, reason='3 rows still lack ciphertext: \
+run `dualwrite backfill --mode encrypt`')
+
+A fleet guard passes when no instance is live (reason ``"no live instances"``) and lists at most
+three offending instances otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from dualwrite.errors import GuardsFailedError
+from dualwrite.phases.facts import Facts, InstanceView, live_instances
+from dualwrite.phases.model import Direction, Phase
+
+Guard = Callable[[Facts], "GuardResult"]
+
+
+@dataclass(frozen=True, slots=True)
+class GuardResult:
+    name: str
+    passed: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Every guard of one legal move, passed or not."""
+
+    current: Phase
+    target: Phase
+    direction: Direction
+    guards: tuple[GuardResult, ...]
+
+    @property
+    def allowed(self) -> bool:
+        """True when every guard passed."""
+        return all(g.passed for g in self.guards)
+
+    @property
+    def failures(self) -> tuple[GuardResult, ...]:
+        return tuple(g for g in self.guards if not g.passed)
+
+    def describe(self) -> dict[str, object]:
+        """A JSON-friendly summary (for the admin API)."""
+        return {
+            "current": self.current.value,
+            "target": self.target.value,
+            "direction": self.direction.value,
+            "allowed": self.allowed,
+            "guards": [
+                {"name": g.name, "passed": g.passed, "reason": g.reason} for g in self.guards
+            ],
+        }
+
+    def raise_if_refused(self) -> None:
+        """Raise ``GuardsFailedError`` (its ``failures``: the failing results) unless allowed."""
+        if self.allowed:
+            return
+        failures = self.failures
+        listed = "; ".join(f"{g.name}: {g.reason}" for g in failures)
+        raise GuardsFailedError(
+            f"cannot move from {self.current} to {self.target}: {listed}", failures
+        )
+
+
+def _ts(t: datetime) -> str:
+    return t.isoformat(timespec="seconds")
+
+
+def _check(name: str, ok: bool, good: str, bad: str) -> GuardResult:
+    return GuardResult(name, ok, good if ok else bad)
+
+
+# --- fleet guards -----------------------------------------------------------------------------
+
+
+def fleet_guard(
+    name: str, facts: Facts, problem: Callable[[InstanceView], str | None]
+) -> GuardResult:
+    """Pass unless ``problem`` describes something wrong with a live instance."""
+    live = live_instances(facts)
+    if not live:
+        return GuardResult(name, True, "no live instances")
+    problems = [p for p in map(problem, live) if p is not None]
+    if not problems:
+        return GuardResult(name, True, f"all {len(live)} live instances are ready")
+    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+    return GuardResult(name, False, "; ".join(problems[:3]) + more)
+
+
+def fleet_observed(phase: Phase) -> Guard:
+    """``fleet_observed_<phase>``: every live instance has read this state row version."""
+
+    def guard(facts: Facts) -> GuardResult:
+        needs = f"needs version {facts.state_version} ({phase})"
+
+        def problem(i: InstanceView) -> str | None:
+            if i.observed_version is None:
+                return f"{i.label} has not observed any phase yet, {needs}"
+            if i.observed_version < facts.state_version:
+                seen = f"{i.observed_version} ({i.observed_phase})"
+                return f"{i.label} has observed version {seen}, {needs}"
+            return None
+
+        return fleet_guard(f"fleet_observed_{phase}", facts, problem)
+
+    return guard
+
+
+def fleet_holds_current_key(facts: Facts) -> GuardResult:
+    """Every live instance holds ``current_key_version`` (fails when none is configured)."""
+    key, name = facts.current_key_version, "fleet_holds_current_key"
+    if key is None:
+        return GuardResult(name, False, "no current key version is configured")
+
+    def problem(i: InstanceView) -> str | None:
+        held = ", ".join(sorted(i.key_versions)) or "no keys"
+        return None if key in i.key_versions else f"{i.label} holds {held}, needs {key}"
+
+    return fleet_guard(name, facts, problem)
+
+
+# --- data guards ------------------------------------------------------------------------------
+
+
+def schema_expanded(f: Facts) -> GuardResult:
+    return _check(
+        "schema_expanded",
+        f.schema_expanded,
+        "expand schema is present",
+        "expand schema is missing: run `dualwrite db upgrade`",
+    )
+
+
+def coverage_complete(f: Facts) -> GuardResult:
+    n = f.rows_missing_ciphertext
+    return _check(
+        "coverage_complete",
+        n == 0,
+        "every row with plaintext has ciphertext",
+        f"{n} rows still lack ciphertext: run `dualwrite backfill --mode encrypt`",
+    )
+
+
+def verification_passed(f: Facts) -> GuardResult:
+    """A full verification finished after the backfill did and found nothing wrong."""
+    v, done, name = f.last_verification, f.backfill_finished_at, "verification_passed"
+    if done is None:
+        return GuardResult(name, False, "the backfill has not finished (no encrypt run ended)")
+    if v is None or not v.full:
+        return GuardResult(name, False, "no full verification has run: run `dualwrite verify`")
+    if v.finished_at <= done:
+        return GuardResult(
+            name,
+            False,
+            f"the last full verification ({_ts(v.finished_at)}) is not after the backfill "
+            f"finished ({_ts(done)}): run `dualwrite verify` again",
+        )
+    counts = f"{v.mismatches} mismatches, {v.missing} missing, {v.undecryptable} undecryptable"
+    ok = v.mismatches == v.missing == v.undecryptable == 0
+    return GuardResult(name, ok, f"the last full verification ({_ts(v.finished_at)}): {counts}")
+
+
+def latency_gate_passed(phase: Phase) -> Guard:
+    """``latency_gate_passed``: a gate passed in ``phase`` after it was entered (if required)."""
+
+    def guard(f: Facts) -> GuardResult:
+        g, name = f.last_gate, "latency_gate_passed"
+        if not f.require_latency_gate:
+            return GuardResult(name, True, "not required (require_latency_gate is off)")
+        if g is None or g.phase is not phase or g.finished_at <= f.phase_changed_at:
+            last = "none" if g is None else f"{g.phase} at {_ts(g.finished_at)}"
+            return GuardResult(
+                name,
+                False,
+                f"no latency gate has run in {phase} since {_ts(f.phase_changed_at)} "
+                f"(last: {last})",
+            )
+        verdict = "passed" if g.passed else "failed"
+        return GuardResult(name, g.passed, f"latency gate {verdict} at {_ts(g.finished_at)}")
+
+    return guard
+
+
+def soak_time(f: Facts) -> GuardResult:
+    """The current phase has been held at least ``soak_seconds``."""
+    elapsed = max(0.0, (f.now - f.phase_changed_at).total_seconds())
+    left = f.soak_seconds - elapsed
+    reason = f"soak time: {elapsed:.0f}s of {f.soak_seconds:.0f}s elapsed"
+    return GuardResult("soak_time", left <= 0, reason + (f", {left:.0f}s left" if left > 0 else ""))
+
+
+def no_shadow_mismatches(f: Facts) -> GuardResult:
+    n = f.shadow_mismatches_since_switch
+    reason = f"{n} shadow-read mismatches since the switch"
+    return GuardResult("no_shadow_mismatches", n == 0, reason)
+
+
+def no_plaintext_fallbacks(f: Facts) -> GuardResult:
+    n = f.fallbacks_since_switch
+    reason = f"{n} plaintext fallbacks since the switch"
+    return GuardResult("no_plaintext_fallbacks", n == 0, reason)
+
+
+def plaintext_purged(f: Facts) -> GuardResult:
+    n = f.rows_with_plaintext
+    return _check(
+        "plaintext_purged",
+        n == 0,
+        "no row holds plaintext",
+        f"{n} rows still hold plaintext: run `dualwrite backfill --mode purge`",
+    )
+
+
+def plaintext_complete(f: Facts) -> GuardResult:
+    n = f.rows_ciphertext_without_plaintext
+    return _check(
+        "plaintext_complete",
+        n == 0,
+        "every row with ciphertext has its plaintext",
+        f"{n} rows have ciphertext but no plaintext: run `dualwrite backfill --mode decrypt`",
+    )
+
+
+def plaintext_columns_present(f: Facts) -> GuardResult:
+    return _check(
+        "plaintext_columns_present",
+        f.plaintext_columns_present,
+        "plaintext columns are present",
+        "plaintext columns are absent: run the contract revision's Alembic downgrade first",
+    )

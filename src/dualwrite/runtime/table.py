@@ -1,0 +1,341 @@
+"""SQLAlchemy integration: declare a table once, read and write it the way the phase says.
+
+The application declares its table with its plain attribute names (a Core ``Table`` or a
+declarative model's ``__table__``) and a :class:`~dualwrite.spec.MigrationSpec` naming the
+encrypted fields. :class:`EncryptedTable` adds the ``<field>_encrypted`` / ``<field>_bidx``
+columns itself and builds Core statements for the phase's :class:`~dualwrite.phases.Behaviour`::
+
+    clients = Table("clients", MetaData(), Column("id", Uuid, primary_key=True), ...,
+                    Column("first_name", Text), Column("email", Text), ...)
+    enc = EncryptedTable(clients, FieldCodec(CLIENTS_PII, cipher, bidx, metrics))
+
+    b = watcher.behaviour("clients_pii")          # one snapshot per request
+    async with engine.begin() as conn:
+        row = await enc.insert(conn, b, {"id": uuid4(), "workspace_id": ws, "email": "a@b.c"})
+        rows = await enc.fetch(conn, b, enc.c.workspace_id == ws, order_by=enc.c.id, limit=100)
+        row = await enc.update(conn, b, client_id, {"email": None}, enc.c.workspace_id == ws)
+
+Every read is ONE statement whatever the number of rows (no per-row queries); the columns it
+selects depend on the phase (no plaintext in ``finalized``, no ciphertext before ``backfill``).
+Inserts and updates write plaintext, ciphertext and blind index of a field in the same
+statement; an update touches only the fields it is given. Rows come back as plain dicts
+keyed by attribute name.
+
+Search on a blind-indexed field (:meth:`EncryptedTable.search_clause`): while the phase still
+writes plaintext (``plaintext`` .. ``read_switch``), rows not yet backfilled have a NULL blind
+index, so the clause is ``bidx = :b OR (bidx IS NULL AND <plaintext matches>)`` -- both arms
+are index scans on ``(scope, <field>_bidx)``; from ``contract`` on (coverage is 100% and
+plaintext is being purged) it is ``bidx = :b`` alone. The plaintext arm compares a normal form
+computed in SQL (``lower(btrim(email))``, digits of a phone), a close but not exact copy of the
+blind-index normalisation (no Unicode NFKC/casefold in SQL); :meth:`EncryptedTable.matches`
+re-checks the decoded rows with the exact rule, so every phase answers the same for ASCII data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    LargeBinary,
+    MetaData,
+    Row,
+    Table,
+    and_,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import ColumnClause
+
+from dualwrite.crypto import BlindIndex, row_key_of
+from dualwrite.phases import Behaviour
+from dualwrite.runtime.codec import FieldCodec, ReadLayout, read_columns
+from dualwrite.spec import MigrationSpec
+
+__all__ = [
+    "EncryptedTable",
+    "plain_table_of",
+    "plaintext_columns_dropped",
+    "without_plaintext_columns",
+]
+
+_UNDEFINED_COLUMN = "42703"
+
+
+def plaintext_columns_dropped(behaviour: Behaviour, exc: BaseException) -> bool:
+    """Whether ``exc`` is PostgreSQL's "column does not exist" in a phase that no longer
+    writes plaintext but still expects its columns (``contract``): the contract revision has
+    just dropped them and this instance has not observed ``finalized`` yet.
+
+    The caller then retries once (in a new transaction) with
+    :func:`without_plaintext_columns`, so finalizing causes no failed request.
+    """
+    if not behaviour.plaintext_column_exists or behaviour.writes_plaintext:
+        return False
+    orig = getattr(exc, "orig", None)
+    return getattr(orig, "sqlstate", None) == _UNDEFINED_COLUMN
+
+
+def without_plaintext_columns(behaviour: Behaviour) -> Behaviour:
+    """``behaviour`` minus everything that touches the plaintext columns.
+
+    >>> from dualwrite.phases import behaviour
+    >>> b = without_plaintext_columns(behaviour("contract"))
+    >>> b.plaintext_column_exists, b.nulls_plaintext, b.fallback_to_plaintext, b.reads_from.value
+    (False, False, False, 'ciphertext')
+    """
+    return dataclasses.replace(
+        behaviour,
+        plaintext_column_exists=False,
+        writes_plaintext=False,
+        nulls_plaintext=False,
+        fallback_to_plaintext=False,
+        shadow_compare=False,
+    )
+
+
+def plain_table_of(model_or_table: Any) -> Table:
+    """The Core ``Table`` of a declarative model class, or the table itself."""
+    table = getattr(model_or_table, "__table__", model_or_table)
+    if not isinstance(table, Table):
+        raise TypeError("expected a SQLAlchemy Table or a declarative model class")
+    return table
+
+
+class EncryptedTable:
+    """Phase-aware statements for one table (see the module docstring)."""
+
+    def __init__(
+        self, model_or_table: Any, codec: FieldCodec, *, updated_at: str | None = "updated_at"
+    ) -> None:
+        plain = plain_table_of(model_or_table)
+        spec = codec.spec
+        if plain.name != spec.table:
+            raise ValueError(f"table {plain.name} is not the table of migration {spec.name}")
+        missing = [f for f in spec.field_names if f not in plain.c]
+        if missing:
+            raise ValueError(f"table {plain.name} does not declare fields {', '.join(missing)}")
+        if spec.primary_key not in plain.c:
+            raise ValueError(f"table {plain.name} has no primary key column {spec.primary_key}")
+        self.spec: MigrationSpec = spec
+        self.codec = codec
+        columns: list[Column[Any]] = [c._copy() for c in plain.columns]
+        for f in spec.fields:
+            columns.append(Column(f.ciphertext_column, LargeBinary))
+            if f.bidx_column:
+                columns.append(Column(f.bidx_column, LargeBinary))
+        self.table = Table(plain.name, MetaData(), *columns, schema=plain.schema)
+        self.c = self.table.c
+        self.key = self.table.c[spec.primary_key]
+        self._field_names = frozenset(spec.field_names)
+        self._other = tuple(c.name for c in plain.columns if c.name not in self._field_names)
+        self._key_index = self._other.index(spec.primary_key)
+        self._updated_at = updated_at if updated_at and updated_at in plain.c else None
+        self._select_cache: dict[
+            Behaviour, tuple[tuple[ColumnElement[Any], ...], tuple[str, ...]]
+        ] = {}
+
+    # --- columns -----------------------------------------------------------------------------
+
+    def columns_for(
+        self, behaviour: Behaviour
+    ) -> tuple[tuple[ColumnElement[Any], ...], tuple[str, ...]]:
+        """The columns a read selects in this phase (non-field columns first) and their names."""
+        found = self._select_cache.get(behaviour)
+        if found is None:
+            names = (*self._other, *read_columns(self.spec, behaviour))
+            found = (tuple(self.table.c[n] for n in names), names)
+            self._select_cache[behaviour] = found
+        return found
+
+    def layout(self, behaviour: Behaviour) -> ReadLayout:
+        return self.codec.layout(behaviour, self.columns_for(behaviour)[1])
+
+    # --- rows --------------------------------------------------------------------------------
+
+    def decode_rows(
+        self,
+        behaviour: Behaviour,
+        rows: Sequence[Row[Any]] | Sequence[Sequence[Any]],
+        fields: Sequence[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Plain dicts (attribute -> value) of rows selected with :meth:`columns_for`
+        (only ``fields`` of the encrypted fields when given: decode less, filter, then decode
+        the survivors fully)."""
+        layout = self.layout(behaviour)
+        others = self._other
+        n = len(others)
+        key_i = self._key_index
+        decode = self.codec.decode
+        out = []
+        for row in rows:
+            item = dict(zip(others, row[:n], strict=True))
+            item.update(decode(layout, row, row_key_of(row[key_i]), fields))
+            out.append(item)
+        return out
+
+    # --- statements ----------------------------------------------------------------------------
+
+    def select(self, behaviour: Behaviour) -> Any:
+        """``SELECT <phase columns> FROM table`` to add ``where``/``order_by``/``limit`` to."""
+        return select(*self.columns_for(behaviour)[0])
+
+    def insert_params(self, behaviour: Behaviour, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Column values of one INSERT: non-field values as given, fields as the phase says.
+
+        ``values`` must contain the primary key (generated before the insert: it is the
+        associated-data row key).
+        """
+        if values.get(self.spec.primary_key) is None:
+            raise ValueError(f"insert needs the primary key {self.spec.primary_key} up front")
+        row_key = row_key_of(values[self.spec.primary_key])
+        params = {k: v for k, v in values.items() if k not in self._field_names}
+        params.update(self.codec.write_columns(behaviour, values, row_key))
+        return params
+
+    def update_params(
+        self, behaviour: Behaviour, key: Any, changes: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Column values of an UPDATE of row ``key``: only the fields in ``changes`` are
+        (re-)encrypted; ``updated_at`` is set to ``now()`` when the table has one."""
+        params = {k: v for k, v in changes.items() if k not in self._field_names}
+        params.update(self.codec.write_columns(behaviour, changes, row_key_of(key)))
+        if self._updated_at and self._updated_at not in params:
+            params[self._updated_at] = func.now()
+        return params
+
+    # --- one-statement helpers ------------------------------------------------------------------
+
+    async def insert(
+        self, conn: AsyncConnection, behaviour: Behaviour, values: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """INSERT one row; returns it as a plain dict (server defaults included)."""
+        params = self.insert_params(behaviour, values)
+        returning = [self.table.c[n] for n in self._other]
+        row = (await conn.execute(insert(self.table).values(params).returning(*returning))).one()
+        item = dict(zip(self._other, row, strict=True))
+        for name in self.spec.field_names:
+            item[name] = values.get(name)
+        return item
+
+    async def update(
+        self,
+        conn: AsyncConnection,
+        behaviour: Behaviour,
+        key: Any,
+        changes: Mapping[str, Any],
+        *where: ColumnElement[bool],
+    ) -> dict[str, Any] | None:
+        """UPDATE row ``key`` (and ``where``); returns the row after the update, or ``None``
+        when no row matched. One statement (``UPDATE ... RETURNING``)."""
+        params = self.update_params(behaviour, key, changes)
+        stmt = (
+            update(self.table)
+            .where(self.key == key, *where)
+            .values(params)
+            .returning(*self.columns_for(behaviour)[0])
+        )
+        row = (await conn.execute(stmt)).first()
+        return None if row is None else self.decode_rows(behaviour, [row])[0]
+
+    async def fetch_rows(
+        self,
+        conn: AsyncConnection,
+        behaviour: Behaviour,
+        *where: ColumnElement[bool],
+        order_by: Any = None,
+        limit: int | None = None,
+    ) -> Sequence[Row[Any]]:
+        """SELECT the rows matching ``where`` in ONE query, undecoded (see :meth:`decode_rows`).
+
+        With ``order_by`` and ``limit`` the statement picks the keys first and reads the wide
+        rows by primary key (see :meth:`page_statement`).
+        """
+        if order_by is not None and limit is not None:
+            stmt = self.page_statement(behaviour, *where, order_by=order_by, limit=limit)
+        else:
+            stmt = self.select(behaviour).where(*where)
+            if order_by is not None:
+                stmt = stmt.order_by(order_by)
+            if limit is not None:
+                stmt = stmt.limit(limit)
+        return (await conn.execute(stmt)).all()
+
+    def page_statement(
+        self, behaviour: Behaviour, *where: ColumnElement[bool], order_by: Any, limit: int
+    ) -> Any:
+        """One statement for the first ``limit`` rows matching ``where`` by ``order_by``::
+
+            SELECT <phase columns> FROM t WHERE key IN (
+                SELECT key FROM t WHERE <where> ORDER BY <order_by> LIMIT <limit>)
+            ORDER BY <order_by>
+
+        Same rows as ``... WHERE <where> ORDER BY <order_by> LIMIT <limit>``, but PostgreSQL
+        sorts narrow key tuples and reads the selected columns of ``limit`` rows only, instead
+        of carrying every matching row's plaintext *and* ciphertext through the top-N sort
+        (from ``backfill`` to ``contract`` a read selects both, twice the width of a
+        ``plaintext`` read).
+        """
+        keys = select(self.key).where(*where).order_by(order_by).limit(limit).correlate(None)
+        return self.select(behaviour).where(self.key.in_(keys)).order_by(order_by)
+
+    async def fetch(
+        self,
+        conn: AsyncConnection,
+        behaviour: Behaviour,
+        *where: ColumnElement[bool],
+        order_by: Any = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """SELECT the rows matching ``where`` in ONE query and decode them."""
+        rows = await self.fetch_rows(conn, behaviour, *where, order_by=order_by, limit=limit)
+        return self.decode_rows(behaviour, rows)
+
+    # --- search -------------------------------------------------------------------------------
+
+    def bidx_for(self, field: str, value: str | None) -> bytes | None:
+        """The blind index of ``value`` for searchable ``field``."""
+        return self.codec.bidx_for(field, value)
+
+    def search_clause(self, behaviour: Behaviour, field: str, value: str) -> ColumnElement[bool]:
+        """WHERE clause finding ``field == value`` after normalisation (see module docstring).
+
+        Decoded candidates must be re-checked with :meth:`matches`.
+        """
+        f = self.spec.field(field)
+        if f.blind_index is None or f.bidx_column is None:
+            raise ValueError(f"field {field} is not searchable")
+        bidx_col = self.table.c[f.bidx_column]
+        digest = self.codec.bidx_for(field, value) if self.codec.can_encrypt else None
+        by_index: ColumnElement[bool] = bidx_col == digest if digest is not None else literal(False)
+        if not (behaviour.writes_plaintext and behaviour.plaintext_column_exists):
+            return by_index
+        plain = self.table.c[f.plaintext_column]
+        normal = BlindIndex.normalize(value, f.blind_index)
+        loose: ColumnElement[Any]
+        if f.blind_index == "email":
+            loose, wanted = func.lower(func.btrim(plain)), normal.lower()
+        elif f.blind_index == "phone":
+            loose, wanted = func.regexp_replace(plain, "[^0-9]", "", "g"), normal
+        else:
+            loose = func.lower(func.regexp_replace(func.btrim(plain), r"\s+", " ", "g"))
+            wanted = normal.lower()
+        return or_(by_index, and_(bidx_col.is_(None), loose == wanted))
+
+    def matches(self, field: str, stored: str | None, wanted: str) -> bool:
+        """Whether a decoded ``stored`` value equals ``wanted`` under the blind-index rule."""
+        kind = self.spec.field(field).blind_index
+        if stored is None or kind is None:
+            return False
+        return BlindIndex.normalize(stored, kind) == BlindIndex.normalize(wanted, kind)
+
+    def column(self, name: str) -> ColumnClause[Any]:
+        return self.table.c[name]

@@ -1,0 +1,359 @@
+"""How a process learns the phase of every migration and tells the fleet what it saw.
+
+A :class:`PhaseWatcher` keeps the latest observed
+:class:`~dualwrite.state.registry.MigrationState` of
+every migration in memory, so request handlers ask it (``watcher.behaviour("clients_pii")``)
+without touching the database. It learns about changes three ways:
+
+* ``LISTEN dualwrite_phase`` on a dedicated asyncpg connection: a committed transition's
+  ``NOTIFY`` wakes the poll loop at once, so a change is normally observed well within a second;
+* polling every ``settings.poll_interval_seconds`` (default 2 s), which catches notifications
+  lost while the listen connection was down, within one interval;
+* :meth:`PhaseWatcher.refresh`, on demand.
+
+Every poll interval it also heartbeats, per migration, the phase and version it observed and the
+key versions it holds (``dualwrite_instances``), and flushes the shadow-mismatch / fallback /
+decrypt-failure counts recorded with :meth:`PhaseWatcher.count_read_event`. Transition guards
+read those heartbeats: "every live instance observed ``dual_write``" is a fact about this table.
+
+Guarantees:
+
+* The observed state never goes backwards in version (a late poll cannot undo a NOTIFY).
+* Losing the database never crashes the watcher: the loops log one line when an outage starts
+  and one when it ends, keep the last known state, and retry every interval (the listen
+  connection is re-opened by the poll loop).
+* :meth:`PhaseWatcher.stop` removes this instance's heartbeat, so it stops counting at once;
+  an instance that dies without stopping stops counting after 3 poll intervals.
+
+>>> watcher = PhaseWatcher(engine, settings, key_versions=frozenset({"v1"}))   # doctest: +SKIP
+>>> await watcher.start()                                                        # doctest: +SKIP
+>>> watcher.behaviour("clients_pii").writes_ciphertext                           # doctest: +SKIP
+False
+>>> watcher.count_read_event("clients_pii", "read_fallback")                     # doctest: +SKIP
+>>> await watcher.stop()                                                         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from collections import Counter
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from dualwrite.config import Settings
+from dualwrite.db import connect_raw
+from dualwrite.errors import UnknownMigrationError
+from dualwrite.metrics import PHASES, Metrics
+from dualwrite.phases import Behaviour, Facts, InstanceView, behaviour, live_instances
+from dualwrite.schema import sql as schema_sql
+from dualwrite.state import fleet, read_events, registry
+from dualwrite.state.registry import MigrationState
+
+log = logging.getLogger("dualwrite.runtime.watcher")
+
+READ_EVENT_KINDS = ("shadow_mismatch", "read_fallback", "decrypt_failure")
+"""The kinds :meth:`PhaseWatcher.count_read_event` accepts (the ``dualwrite_read_events`` check)."""
+
+
+def default_instance_id() -> str:
+    """``host:pid:random`` — unique per process even when several share a host and pid space."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200] if text else ''}"
+
+
+class PhaseWatcher:
+    """The in-memory, always-current view of every migration's phase for one process.
+
+    ``role`` is recorded in the heartbeat (``api``, ``backfill``, ...). ``instance_id`` defaults
+    to ``settings.instance_id`` or :func:`default_instance_id`. ``listen`` defaults to
+    ``settings.listen_notify``; with ``False`` the watcher relies on polling alone.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        settings: Settings,
+        *,
+        key_versions: frozenset[str],
+        role: str = "api",
+        instance_id: str | None = None,
+        metrics: Metrics | None = None,
+        listen: bool | None = None,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.key_versions = frozenset(key_versions)
+        self.role = role
+        self.instance_id: str = instance_id or settings.instance_id or default_instance_id()
+        self.metrics = metrics
+        self.listen = settings.listen_notify if listen is None else listen
+        self.poll_interval = float(settings.poll_interval_seconds)
+        self._host = socket.gethostname()
+        self._pid = os.getpid()
+        self._states: dict[str, MigrationState] = {}
+        self._pending: Counter[tuple[str, int, str]] = Counter()
+        self._changed = asyncio.Condition()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._listen_conn: asyncpg.Connection | None = None
+        self._failing: dict[str, bool] = {}
+        self._started = False
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load every migration's state (raises if the database is unreachable now), heartbeat
+        once, then run the listen, poll and heartbeat loops in the background."""
+        await self.refresh()
+        await self._heartbeat_once()
+        if self.listen:
+            await self._ensure_listening(quiet=True)
+        self._started = True
+        self._tasks = [
+            asyncio.create_task(self._poll_loop(), name=f"dualwrite-poll-{self.instance_id}"),
+            asyncio.create_task(
+                self._heartbeat_loop(), name=f"dualwrite-heartbeat-{self.instance_id}"
+            ),
+        ]
+
+    async def stop(self) -> None:
+        """Stop the loops, flush pending read events, close LISTEN, forget this instance."""
+        self._started = False
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        await self._close_listen()
+        try:
+            async with asyncio.timeout(max(2.0, self.poll_interval)):
+                async with self.engine.begin() as conn:
+                    await self._flush_read_events(conn)
+                    await fleet.remove_instance(conn, self.instance_id)
+        except Exception as exc:  # the database may be gone at shutdown; heartbeats then expire
+            log.warning(
+                "could not remove instance %s at stop: %s", self.instance_id, _one_line(exc)
+            )
+
+    # --- reading the observed state -------------------------------------------------------
+
+    def state(self, name: str) -> MigrationState:
+        """The latest observed state of migration ``name``."""
+        try:
+            return self._states[name]
+        except KeyError:
+            raise UnknownMigrationError(f"unknown migration {name!r}") from None
+
+    def behaviour(self, name: str) -> Behaviour:
+        """What the observed phase of ``name`` means (writes, reads, backfill modes)."""
+        return behaviour(self.state(name).phase)
+
+    def states(self) -> dict[str, MigrationState]:
+        """A copy of every observed state, by migration name."""
+        return dict(self._states)
+
+    async def refresh(self) -> None:
+        """Reload every migration now; a state only replaces one with a lower version."""
+        async with self.engine.connect() as conn:
+            loaded = await registry.list_migrations(conn)
+        changed = False
+        for new in loaded:
+            old = self._states.get(new.name)
+            if old is not None and new.version <= old.version:
+                if new.version == old.version and new.backfill_control != old.backfill_control:
+                    self._states[new.name] = new  # knobs change without a version bump
+                continue
+            self._states[new.name] = new
+            changed = True
+            if self.metrics is not None:
+                self.metrics.set_phase(new.name, new.phase.value, new.version)
+            if old is not None:
+                log.info(
+                    "migration %s: observed %s (version %d), was %s (version %d)",
+                    new.name,
+                    new.phase.value,
+                    new.version,
+                    old.phase.value,
+                    old.version,
+                )
+        if changed:
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def wait_for_version(self, name: str, version: int, timeout: float) -> bool:
+        """Wait until ``name`` is observed at ``version`` or later; ``False`` on timeout."""
+
+        def reached() -> bool:
+            s = self._states.get(name)
+            return s is not None and s.version >= version
+
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._changed:
+                    await self._changed.wait_for(reached)
+        except TimeoutError:
+            return reached()
+        return True
+
+    # --- read events ----------------------------------------------------------------------
+
+    def count_read_event(self, name: str, kind: str, n: int = 1) -> None:
+        """Count ``n`` read events of ``kind`` (see :data:`READ_EVENT_KINDS`) for ``name``.
+
+        In memory only, tagged with the version observed now; the heartbeat loop adds them to
+        ``dualwrite_read_events``, where the ``read_switch -> contract`` guards read them.
+        """
+        if kind not in READ_EVENT_KINDS:
+            expected = ", ".join(READ_EVENT_KINDS)
+            raise ValueError(f"unknown read event kind {kind!r}: expected one of {expected}")
+        if n <= 0:
+            return
+        self._pending[(name, self.state(name).version, kind)] += n
+
+    async def _flush_read_events(self, conn: AsyncConnection) -> None:
+        pending, self._pending = self._pending, Counter()
+        try:
+            by_key: dict[tuple[str, int], dict[str, int]] = {}
+            for (name, version, kind), n in pending.items():
+                by_key.setdefault((name, version), {})[kind] = n
+            for (name, version), counts in by_key.items():
+                await read_events.add_read_events(conn, name, version, counts)
+        except BaseException:
+            self._pending.update(pending)  # keep them for the next heartbeat
+            raise
+
+    # --- loops ----------------------------------------------------------------------------
+
+    def _outage(self, loop: str, exc: BaseException | None) -> None:
+        """Log one line when ``loop`` starts failing and one when it recovers."""
+        was = self._failing.get(loop, False)
+        if exc is not None and not was:
+            log.warning(
+                "phase %s failed (%s): keeping the last known state, retrying every %.1fs",
+                loop,
+                _one_line(exc),
+                self.poll_interval,
+            )
+        elif exc is None and was:
+            log.warning("phase %s recovered", loop)
+        self._failing[loop] = exc is not None
+
+    async def _poll_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_interval):
+                    await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.refresh()
+                self._outage("poll", None)
+            except Exception as exc:
+                self._outage("poll", exc)
+            if self.listen:
+                await self._ensure_listening()
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                await self._heartbeat_once()
+                self._outage("heartbeat", None)
+            except Exception as exc:
+                self._outage("heartbeat", exc)
+
+    async def _heartbeat_once(self) -> None:
+        async with self.engine.begin() as conn:
+            for state in list(self._states.values()):
+                await fleet.heartbeat(
+                    conn,
+                    fleet.Heartbeat(
+                        instance_id=self.instance_id,
+                        migration=state.name,
+                        observed_phase=state.phase,
+                        observed_version=state.version,
+                        key_versions=self.key_versions,
+                        role=self.role,
+                        host=self._host,
+                        pid=self._pid,
+                    ),
+                )
+            await self._flush_read_events(conn)
+            if self.metrics is not None:
+                await self._export_fleet(conn)
+
+    async def _export_fleet(self, conn: AsyncConnection) -> None:
+        """Set ``dualwrite_instances{migration, phase}`` to the live instances per phase."""
+        now = await registry.database_now(conn)
+        for name in list(self._states):
+            instances = await fleet.list_instances(conn, name)
+            counts = _count_live(instances, now, self.poll_interval)
+            assert self.metrics is not None
+            for phase in PHASES:
+                self.metrics.instances.labels(migration=name, phase=phase).set(counts.get(phase, 0))
+
+    # --- LISTEN ---------------------------------------------------------------------------
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, _payload: str) -> None:
+        self._wake.set()
+
+    async def _ensure_listening(self, *, quiet: bool = False) -> None:
+        conn = self._listen_conn
+        if conn is not None and not conn.is_closed():
+            return
+        await self._close_listen()
+        try:
+            async with asyncio.timeout(max(5.0, self.poll_interval)):
+                conn = await connect_raw(self.engine)
+                await conn.add_listener(schema_sql.NOTIFY_CHANNEL, self._on_notify)
+            self._listen_conn = conn
+            self._outage("listen", None)
+            if not quiet:
+                self._wake.set()  # changes may have been missed while not listening
+        except Exception as exc:
+            self._outage("listen", exc)
+
+    async def _close_listen(self) -> None:
+        conn, self._listen_conn = self._listen_conn, None
+        if conn is None:
+            return
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(2.0):
+                if not conn.is_closed():
+                    await conn.remove_listener(schema_sql.NOTIFY_CHANNEL, self._on_notify)
+                await conn.close()
+        if not conn.is_closed():
+            conn.terminate()
+
+
+def _count_live(
+    instances: list[InstanceView], now: datetime, poll_interval: float
+) -> dict[str, int]:
+    """Live instances per observed phase, with the guards' definition of live."""
+    facts = Facts(
+        now=now,
+        state_version=0,
+        phase_changed_at=now,
+        schema_expanded=True,
+        plaintext_columns_present=True,
+        current_key_version=None,
+        instances=tuple(instances),
+        poll_interval_seconds=poll_interval,
+    )
+    counts: Counter[str] = Counter()
+    for i in live_instances(facts):
+        if i.observed_phase is not None:
+            counts[i.observed_phase.value] += 1
+    return dict(counts)

@@ -1,0 +1,111 @@
+"""The inspector: what the live table looks like and how far its conversion got (reads only).
+
+Every function takes an open :class:`~sqlalchemy.ext.asyncio.AsyncConnection` and reads; the
+caller owns the transaction.
+
+>>> async with engine.connect() as conn:                                # doctest: +SKIP
+...     cov = await coverage(conn, CLIENTS_PII)
+>>> cov.percent                                                         # doctest: +SKIP
+100.0
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from dualwrite.schema import sql as schema_sql
+from dualwrite.spec import MigrationSpec
+
+__all__ = [
+    "Coverage",
+    "column_types",
+    "coverage",
+    "plaintext_columns_present",
+    "schema_expanded",
+]
+
+_PRESENT_COLUMNS = (
+    "SELECT count(*) FROM information_schema.columns WHERE table_schema = current_schema() "
+    "AND table_name = :t AND column_name = ANY(:cols)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Coverage:
+    total_rows: int
+    rows_missing_ciphertext: int
+    rows_ciphertext_without_plaintext: int
+    rows_with_plaintext: int
+
+    @property
+    def percent(self) -> float:
+        if self.total_rows == 0:
+            return 100.0
+        return 100.0 * (self.total_rows - self.rows_missing_ciphertext) / self.total_rows
+
+
+async def _count_present(conn: AsyncConnection, spec: MigrationSpec, columns: list[str]) -> int:
+    found = await conn.execute(text(_PRESENT_COLUMNS), {"t": spec.table, "cols": columns})
+    return int(found.scalar_one())
+
+
+async def plaintext_columns_present(conn: AsyncConnection, spec: MigrationSpec) -> bool:
+    return await _count_present(conn, spec, list(spec.field_names)) == len(spec.fields)
+
+
+async def schema_expanded(conn: AsyncConnection, spec: MigrationSpec) -> bool:
+    """Every ciphertext (and blind-index) column exists, and so does the stale-ciphertext
+    trigger while the plaintext columns do."""
+    wanted = [f.ciphertext_column for f in spec.fields]
+    wanted += [f.bidx_column for f in spec.fields if f.bidx_column]
+    if await _count_present(conn, spec, wanted) != len(wanted):
+        return False
+    if not await plaintext_columns_present(conn, spec):
+        return True  # after the contract revision the trigger has nothing left to guard
+    trigger = (
+        await conn.execute(
+            text(
+                "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = :g "
+                "AND tgrelid = to_regclass(:t))"
+            ),
+            {"g": schema_sql.STALE_GUARD_TRIGGER, "t": spec.table},
+        )
+    ).scalar_one()
+    return bool(trigger)
+
+
+async def column_types(conn: AsyncConnection, table: str) -> dict[str, str]:
+    """``format_type`` of every live column of ``table`` (e.g. ``{"id": "uuid"}``)."""
+    rows = await conn.execute(
+        text(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a WHERE "
+            "a.attrelid = to_regclass(:t) AND a.attnum > 0 AND NOT a.attisdropped"
+        ),
+        {"t": table},
+    )
+    return {str(r[0]): str(r[1]) for r in rows}
+
+
+async def coverage(conn: AsyncConnection, spec: MigrationSpec) -> Coverage:
+    """One scan counting total, uncovered, plaintext-incomplete and not-yet-purged rows."""
+    missing = schema_sql.missing_ciphertext_predicate(spec)
+    incomplete = schema_sql.plaintext_incomplete_predicate(spec)
+    remaining = schema_sql.plaintext_remaining_predicate(spec)
+    if not await plaintext_columns_present(conn, spec):
+        total = (await conn.execute(text(f"SELECT count(*) FROM {spec.table}"))).scalar_one()
+        return Coverage(int(total), 0, 0, 0)
+    row = (
+        await conn.execute(
+            text(
+                "SELECT count(*) AS total, "
+                f"count(*) FILTER (WHERE {missing}) AS missing, "
+                f"count(*) FILTER (WHERE {incomplete}) AS incomplete, "
+                f"count(*) FILTER (WHERE {remaining}) AS remaining "
+                f"FROM {spec.table}"
+            )
+        )
+    ).one()
+    return Coverage(int(row.total), int(row.missing), int(row.incomplete), int(row.remaining))

@@ -1,0 +1,144 @@
+"""Alembic helpers: the state tables, expand and contract for any table, each with its reverse.
+
+A user's own revisions are a few lines::
+
+    from dualwrite.schema import ops as schema_ops
+    from myapp.schema import PATIENTS_PII          # a MigrationSpec
+
+    def upgrade() -> None:
+        schema_ops.expand(PATIENTS_PII)
+
+    def downgrade() -> None:
+        schema_ops.unexpand(PATIENTS_PII)
+
+The SQL itself comes from :mod:`dualwrite.schema.sql` (pure string builders), so tests and the
+store can reuse it. Index builds run ``CONCURRENTLY`` in an autocommit block; every statement runs
+under the ``lock_timeout``/``statement_timeout`` the migration environment set.
+"""
+
+from __future__ import annotations
+
+import json
+
+from alembic import op
+from sqlalchemy import text
+
+from dualwrite.errors import DualwriteError
+from dualwrite.schema import sql
+from dualwrite.spec import MigrationSpec
+
+
+def create_state_tables() -> None:
+    """Create the dualwrite state tables (revision 0002 of the reference project)."""
+    for statement in sql.state_tables_ddl():
+        op.execute(statement)
+
+
+def drop_state_tables() -> None:
+    """Reverse of :func:`create_state_tables`."""
+    for statement in sql.drop_state_tables_ddl():
+        op.execute(statement)
+
+
+def expand(spec: MigrationSpec, *, concurrently: bool = True) -> None:
+    """Add ciphertext/blind-index columns, the stale-ciphertext trigger, indexes, and register
+    ``spec`` in phase ``plaintext``."""
+    bind = op.get_bind()
+    not_null = [
+        row[0]
+        for row in bind.execute(
+            text(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = "
+                "current_schema() AND table_name = :t AND is_nullable = 'NO' "
+                "AND column_name = ANY(:cols)"
+            ),
+            {"t": spec.table, "cols": list(spec.field_names)},
+        )
+    ]
+    for statement in sql.expand_columns_ddl(spec):
+        op.execute(statement)
+    for statement in sql.stale_guard_ddl(spec):
+        op.execute(statement)
+    for f in spec.searchable:
+        assert f.bidx_column is not None
+        name = sql.blind_index_name(spec, f.bidx_column)
+        if bind.execute(text(sql.INVALID_INDEX_SQL), {"name": name}).first() is not None:
+            _build_indexes(
+                [f"DROP INDEX {'CONCURRENTLY ' if concurrently else ''}{name}"], concurrently
+            )
+    _build_indexes(sql.blind_index_ddl(spec, concurrently=concurrently), concurrently)
+    bind.execute(
+        text(
+            "INSERT INTO dualwrite_migrations (name, table_name, spec, schema_notes) "
+            "VALUES (:name, :table, CAST(:spec AS jsonb), CAST(:notes AS jsonb)) "
+            "ON CONFLICT (name) DO NOTHING"
+        ),
+        {
+            "name": spec.name,
+            "table": spec.table,
+            "spec": json.dumps(spec.to_json()),
+            "notes": json.dumps({"not_null": not_null}),
+        },
+    )
+
+
+def unexpand(spec: MigrationSpec) -> None:
+    """Reverse of :func:`expand`. Refuses unless the migration is back in ``plaintext``."""
+    bind = op.get_bind()
+    row = bind.execute(
+        text("SELECT phase, schema_notes FROM dualwrite_migrations WHERE name = :n"),
+        {"n": spec.name},
+    ).first()
+    phase = row[0] if row else None
+    not_null = list((row[1] or {}).get("not_null", [])) if row else []
+    if phase not in (None, "plaintext"):
+        raise DualwriteError(
+            f"migration {spec.name} is in phase {phase}: move it back to plaintext "
+            "before removing the expand schema"
+        )
+    for statement in sql.unexpand_ddl(spec, restore_not_null=not_null):
+        op.execute(statement)
+    bind.execute(text("DELETE FROM dualwrite_migrations WHERE name = :n"), {"n": spec.name})
+
+
+def contract(spec: MigrationSpec) -> None:
+    """Drop the plaintext columns. Refuses unless the migration is in ``contract`` (or later)
+    and every plaintext value is already purged (NULL)."""
+    bind = op.get_bind()
+    phase = bind.execute(
+        text("SELECT phase FROM dualwrite_migrations WHERE name = :n"), {"n": spec.name}
+    ).scalar()
+    if phase not in ("contract", "finalized"):
+        raise DualwriteError(
+            f"migration {spec.name} is in phase {phase}: the contract revision runs only "
+            "from contract, through `dualwrite finalize`"
+        )
+    remaining = bind.execute(text(sql.count_plaintext_remaining_sql(spec))).scalar()
+    if remaining:
+        raise DualwriteError(
+            f"{remaining} rows of {spec.table} still hold plaintext: run "
+            "`dualwrite backfill --mode purge` first"
+        )
+    for statement in sql.contract_ddl(spec):
+        op.execute(statement)
+
+
+def uncontract(spec: MigrationSpec) -> None:
+    """Reverse of :func:`contract`: re-add the plaintext columns (nullable) and the trigger.
+
+    The values come back with ``dualwrite backfill --mode decrypt``.
+    """
+    for statement in sql.uncontract_ddl(spec):
+        op.execute(statement)
+
+
+def _build_indexes(statements: list[str], concurrently: bool) -> None:
+    if not statements:
+        return
+    if concurrently:
+        with op.get_context().autocommit_block():
+            for statement in statements:
+                op.execute(statement)
+    else:
+        for statement in statements:
+            op.execute(statement)
