@@ -33,7 +33,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from clients_service.repository import ClientsRepository
 from clients_service.routes import Services, router
@@ -48,6 +48,7 @@ from dualwrite.errors import (
     DualwriteError,
     EncryptionUnavailableError,
     UnknownMigrationError,
+    is_connection_lost,
 )
 from dualwrite.metrics import Metrics
 from dualwrite.runtime.codec import FieldCodec
@@ -194,10 +195,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         )
 
     async def database(_: Request, exc: Exception) -> JSONResponse:
-        lost = isinstance(exc, OSError | OperationalError | InterfaceError) or (
-            isinstance(exc, DBAPIError) and exc.connection_invalidated
-        )
-        if not lost:
+        if not is_connection_lost(exc):
             return await unexpected(_, exc)
         log.warning("database unavailable: %s", type(exc).__name__)
         return JSONResponse({"detail": "database unavailable, retry later"}, status_code=503)
