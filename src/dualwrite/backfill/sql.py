@@ -95,7 +95,7 @@ class BackfillSql:
 
     @staticmethod
     def keep_ciphertext() -> str:
-        return f"SELECT set_config('{schema_sql.KEEP_CIPHERTEXT_SETTING}', 'on', true)"
+        return schema_sql.keep_ciphertext_sql()
 
     @property
     def needs_keep_ciphertext(self) -> bool:

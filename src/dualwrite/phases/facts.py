@@ -26,6 +26,10 @@ class InstanceView:
     last_seen: datetime
     host: str = ""
     pid: int = 0
+    poll_interval_seconds: float | None = None  # None: an instance too old to report it
+    observed_at: datetime | None = None  # when it first reported ``observed_version``
+    longest_request_seconds: float | None = None
+    recent_p95_ms: float | None = None
 
     @property
     def label(self) -> str:

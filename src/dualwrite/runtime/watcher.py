@@ -54,7 +54,7 @@ from dualwrite.errors import UnknownMigrationError
 from dualwrite.metrics import PHASES, Metrics
 from dualwrite.phases import Behaviour, Facts, InstanceView, behaviour, live_instances
 from dualwrite.schema import sql as schema_sql
-from dualwrite.state import fleet, read_events, registry
+from dualwrite.state import fleet, read_events, registry, versions
 from dualwrite.state.registry import MigrationState
 
 log = logging.getLogger("dualwrite.runtime.watcher")
@@ -116,6 +116,8 @@ class PhaseWatcher:
     async def start(self) -> None:
         """Load every migration's state (raises if the database is unreachable now), heartbeat
         once, then run the listen, poll and heartbeat loops in the background."""
+        async with self.engine.connect() as conn:
+            await versions.require_state_version(conn)
         await self.refresh()
         await self._heartbeat_once()
         if self.listen:
@@ -288,6 +290,7 @@ class PhaseWatcher:
                         role=self.role,
                         host=self._host,
                         pid=self._pid,
+                        poll_interval_seconds=self.poll_interval,
                     ),
                 )
             await self._flush_read_events(conn)

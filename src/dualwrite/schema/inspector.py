@@ -25,6 +25,7 @@ __all__ = [
     "coverage",
     "plaintext_columns_present",
     "schema_expanded",
+    "trigger_enabled",
 ]
 
 _PRESENT_COLUMNS = (
@@ -56,25 +57,24 @@ async def plaintext_columns_present(conn: AsyncConnection, spec: MigrationSpec) 
     return await _count_present(conn, spec, list(spec.field_names)) == len(spec.fields)
 
 
+async def trigger_enabled(conn: AsyncConnection, table: str, trigger: str) -> str | None:
+    """``tgenabled`` of ``trigger`` on ``table`` (``A`` = always), ``None`` when it is missing."""
+    found = await conn.execute(text(schema_sql.TRIGGER_ENABLED_SQL), {"g": trigger, "t": table})
+    value = found.scalar()
+    return None if value is None else str(value)
+
+
 async def schema_expanded(conn: AsyncConnection, spec: MigrationSpec) -> bool:
-    """Every ciphertext (and blind-index) column exists, and so does the stale-ciphertext
-    trigger while the plaintext columns do."""
+    """Every ciphertext (and blind-index) column exists, and so does the guard trigger, enabled
+    ALWAYS: the stale-ciphertext trigger while the plaintext columns exist, the key guard after
+    the contract dropped them."""
     wanted = [f.ciphertext_column for f in spec.fields]
     wanted += [f.bidx_column for f in spec.fields if f.bidx_column]
     if await _count_present(conn, spec, wanted) != len(wanted):
         return False
-    if not await plaintext_columns_present(conn, spec):
-        return True  # after the contract revision the trigger has nothing left to guard
-    trigger = (
-        await conn.execute(
-            text(
-                "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = :g "
-                "AND tgrelid = to_regclass(:t))"
-            ),
-            {"g": schema_sql.STALE_GUARD_TRIGGER, "t": spec.table},
-        )
-    ).scalar_one()
-    return bool(trigger)
+    plaintext = await plaintext_columns_present(conn, spec)
+    trigger = schema_sql.STALE_GUARD_TRIGGER if plaintext else schema_sql.KEY_GUARD_TRIGGER
+    return await trigger_enabled(conn, spec.table, trigger) == "A"
 
 
 async def column_types(conn: AsyncConnection, table: str) -> dict[str, str]:

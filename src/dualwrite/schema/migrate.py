@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dualwrite.config import Settings
 from dualwrite.errors import ConfigError, DualwriteError
+from dualwrite.state.versions import upgrade_state_tables
 
 CONTRACT_MARKER = "dualwrite_contract"
 """Module attribute that marks a revision as a contract (drops plaintext)."""
@@ -110,7 +111,8 @@ async def upgrade(
     settings: Settings | None = None,
 ) -> None:
     """Upgrade to ``revision`` (default: the expand target). Refuses to cross a contract revision
-    unless ``allow_contract`` (only ``dualwrite finalize`` sets it)."""
+    unless ``allow_contract`` (only ``dualwrite finalize`` sets it). Then brings dualwrite's own
+    state tables to their latest revision (:mod:`dualwrite.schema.state_revisions`)."""
     target = revision or expand_target(cfg)
 
     def go(conn: Connection) -> None:
@@ -124,6 +126,8 @@ async def upgrade(
         command.upgrade(cfg, target)
 
     await _run(engine, cfg, settings, go)
+    async with engine.begin() as conn:  # dualwrite's own state tables: always the latest revision
+        await upgrade_state_tables(conn)
 
 
 async def downgrade(

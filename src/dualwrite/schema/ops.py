@@ -24,19 +24,21 @@ from alembic import op
 from sqlalchemy import text
 
 from dualwrite.errors import DualwriteError
-from dualwrite.schema import sql
+from dualwrite.schema import sql, state_revisions
 from dualwrite.spec import MigrationSpec
 
 
 def create_state_tables() -> None:
-    """Create the dualwrite state tables (revision 0002 of the reference project)."""
-    for statement in sql.state_tables_ddl():
+    """Create the dualwrite state tables at their latest revision (revision 0002 of the
+    reference project). Later dualwrite versions bring existing state tables up to date with
+    ``dualwrite db upgrade`` (:mod:`dualwrite.schema.state_revisions`)."""
+    for statement in state_revisions.create_statements():
         op.execute(statement)
 
 
 def drop_state_tables() -> None:
     """Reverse of :func:`create_state_tables`."""
-    for statement in sql.drop_state_tables_ddl():
+    for statement in state_revisions.drop_statements():
         op.execute(statement)
 
 

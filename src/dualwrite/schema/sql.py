@@ -14,6 +14,8 @@ Identifiers come from a validated spec (lower-case SQL identifiers only), never 
 
 from __future__ import annotations
 
+import hashlib
+
 from dualwrite.crypto import is_version_label
 from dualwrite.spec import MigrationSpec
 
@@ -24,121 +26,19 @@ purpose while the ciphertext stays right (purge, decrypt-restore) set it to ``on
     SELECT set_config('dualwrite.keep_ciphertext', 'on', true)
 """
 
+
+def keep_ciphertext_sql() -> str:
+    """The statement a framework write runs first to mark its transaction (see above)."""
+    return f"SELECT set_config('{KEEP_CIPHERTEXT_SETTING}', 'on', true)"
+
+
 NOTIFY_CHANNEL = "dualwrite_phase"
 
 STALE_GUARD_TRIGGER = "dualwrite_stale_guard"
 """Name of the stale-ciphertext trigger the expand installs on the migrated table."""
 
-
-def state_tables_ddl() -> list[str]:
-    """The state tables: one row per migration, audit, heartbeats, checkpoints, results."""
-    return [
-        """
-        CREATE TABLE dualwrite_migrations (
-            name text PRIMARY KEY,
-            table_name text NOT NULL,
-            spec jsonb NOT NULL,
-            phase text NOT NULL DEFAULT 'plaintext' CHECK (phase IN
-                ('plaintext','dual_write','backfill','read_switch','contract','finalized')),
-            version bigint NOT NULL DEFAULT 1,
-            changed_at timestamptz NOT NULL DEFAULT now(),
-            created_at timestamptz NOT NULL DEFAULT now(),
-            backfill_control jsonb NOT NULL DEFAULT '{}'::jsonb,
-            schema_notes jsonb NOT NULL DEFAULT '{}'::jsonb
-        )""",
-        """
-        CREATE TABLE dualwrite_audit (
-            id bigserial PRIMARY KEY,
-            migration text NOT NULL,
-            at timestamptz NOT NULL DEFAULT now(),
-            actor text NOT NULL,
-            action text NOT NULL DEFAULT 'phase',
-            from_phase text,
-            to_phase text,
-            from_version bigint,
-            to_version bigint,
-            reason text,
-            forced boolean NOT NULL DEFAULT false,
-            outcome text NOT NULL DEFAULT 'applied',
-            guards jsonb NOT NULL DEFAULT '[]'::jsonb
-        )""",
-        "CREATE INDEX ix_dualwrite_audit_migration_at ON dualwrite_audit (migration, at)",
-        """
-        CREATE TABLE dualwrite_instances (
-            instance_id text NOT NULL,
-            migration text NOT NULL,
-            role text NOT NULL DEFAULT 'api',
-            host text NOT NULL DEFAULT '',
-            pid integer NOT NULL DEFAULT 0,
-            observed_phase text,
-            observed_version bigint,
-            key_versions text[] NOT NULL DEFAULT '{}',
-            started_at timestamptz NOT NULL DEFAULT now(),
-            last_seen timestamptz NOT NULL DEFAULT now(),
-            PRIMARY KEY (instance_id, migration)
-        )""",
-        """
-        CREATE TABLE dualwrite_read_events (
-            migration text NOT NULL,
-            state_version bigint NOT NULL,
-            kind text NOT NULL
-                CHECK (kind IN ('shadow_mismatch','read_fallback','decrypt_failure')),
-            count bigint NOT NULL DEFAULT 0,
-            PRIMARY KEY (migration, state_version, kind)
-        )""",
-        """
-        CREATE TABLE dualwrite_checkpoints (
-            migration text NOT NULL,
-            mode text NOT NULL,
-            shard integer NOT NULL DEFAULT 0,
-            run_id text,
-            last_key text,
-            rows_done bigint NOT NULL DEFAULT 0,
-            rows_failed bigint NOT NULL DEFAULT 0,
-            started_at timestamptz,
-            updated_at timestamptz NOT NULL DEFAULT now(),
-            finished_at timestamptz,
-            PRIMARY KEY (migration, mode, shard)
-        )""",
-        """
-        CREATE TABLE dualwrite_verifications (
-            id bigserial PRIMARY KEY,
-            migration text NOT NULL,
-            phase text NOT NULL,
-            started_at timestamptz NOT NULL,
-            finished_at timestamptz NOT NULL DEFAULT now(),
-            full_scan boolean NOT NULL,
-            checked bigint NOT NULL DEFAULT 0,
-            missing bigint NOT NULL DEFAULT 0,
-            mismatched bigint NOT NULL DEFAULT 0,
-            undecryptable bigint NOT NULL DEFAULT 0,
-            per_field jsonb NOT NULL DEFAULT '{}'::jsonb
-        )""",
-        """
-        CREATE TABLE dualwrite_gate_results (
-            id bigserial PRIMARY KEY,
-            migration text NOT NULL,
-            phase text NOT NULL,
-            finished_at timestamptz NOT NULL DEFAULT now(),
-            passed boolean NOT NULL,
-            summary jsonb NOT NULL DEFAULT '{}'::jsonb
-        )""",
-    ]
-
-
-def drop_state_tables_ddl() -> list[str]:
-    return [
-        f"DROP TABLE IF EXISTS {t}"
-        for t in (
-            "dualwrite_gate_results",
-            "dualwrite_verifications",
-            "dualwrite_checkpoints",
-            "dualwrite_read_events",
-            "dualwrite_instances",
-            "dualwrite_audit",
-            "dualwrite_migrations",
-        )
-    ]
+KEY_GUARD_TRIGGER = "dualwrite_key_guard"
+"""Name of the trigger that replaces it after the contract (guards primary-key changes only)."""
 
 
 def expand_columns_ddl(spec: MigrationSpec) -> list[str]:
@@ -155,13 +55,64 @@ def expand_columns_ddl(spec: MigrationSpec) -> list[str]:
     ]
 
 
-def _guard_function(spec: MigrationSpec) -> str:
-    return f"dualwrite_{spec.table}_stale_guard"
+def derived_name(*parts: str) -> str:
+    """A name derived from identifiers (function, index, constraint), at most 63 bytes: longer
+    ones keep their start and end with a hash of the whole, so they stay unique.
+
+    >>> derived_name("dualwrite", "clients", "stale_guard")
+    'dualwrite_clients_stale_guard'
+    >>> name = derived_name("dualwrite", "a" * 51, "stale_guard"); len(name), name[-9:-8]
+    (63, '_')
+    """
+    name = "_".join(parts)
+    if len(name.encode()) <= 63:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return name[:54] + "_" + digest
+
+
+def stale_guard_function(spec: MigrationSpec) -> str:
+    return derived_name("dualwrite", spec.table, "stale_guard")
+
+
+def key_guard_function(spec: MigrationSpec) -> str:
+    return derived_name("dualwrite", spec.table, "key_guard")
+
+
+def _key_change_check(spec: MigrationSpec) -> str:
+    """PL/pgSQL: refuse a primary-key change that keeps a non-NULL ciphertext unchanged (it is
+    bound to the old key and would never decrypt again)."""
+    pk = spec.primary_key
+    kept = " OR ".join(
+        f"(NEW.{f.ciphertext_column} IS NOT NULL AND NEW.{f.ciphertext_column} IS NOT DISTINCT "
+        f"FROM OLD.{f.ciphertext_column})"
+        for f in spec.fields
+    )
+    message = (
+        f"dualwrite: a primary key change on {spec.table} must re-encrypt every ciphertext "
+        "of the row"
+    )
+    hint = (
+        "each ciphertext is bound to its row key: update the row through dualwrite, or set its "
+        "*_encrypted columns to NULL in the same statement so the backfill re-encrypts them"
+    )
+    return f"""  IF NEW.{pk} IS DISTINCT FROM OLD.{pk} AND ({kept}) THEN
+    RAISE EXCEPTION '{message}' USING ERRCODE = 'check_violation', HINT = '{hint}';
+  END IF;"""
+
+
+def _enable_always(spec: MigrationSpec, trigger: str) -> str:
+    """Fire for every writer, also under ``session_replication_role = replica`` (logical
+    replication apply workers, ETL tools)."""
+    return f"ALTER TABLE {spec.table} ENABLE ALWAYS TRIGGER {trigger}"
 
 
 def stale_guard_ddl(spec: MigrationSpec) -> list[str]:
-    """BEFORE UPDATE trigger: a plaintext change without a ciphertext change clears the ciphertext
-    (and blind index), unless the transaction set :data:`KEEP_CIPHERTEXT_SETTING`."""
+    """The ``BEFORE UPDATE`` trigger of the expand, enabled ALWAYS.
+
+    A plaintext change without a ciphertext change clears the ciphertext (and blind index),
+    unless the transaction set :data:`KEEP_CIPHERTEXT_SETTING`; a primary-key change that does
+    not rewrite every non-NULL ciphertext is refused (always)."""
     blocks = []
     for f in spec.fields:
         clear = f"NEW.{f.ciphertext_column} := NULL;"
@@ -174,11 +125,11 @@ def stale_guard_ddl(spec: MigrationSpec) -> list[str]:
             f"    {clear}\n  END IF;"
         )
     body = "\n".join(blocks)
-    columns = ", ".join(f.plaintext_column for f in spec.fields)
-    fn = _guard_function(spec)
+    fn = stale_guard_function(spec)
     return [
         f"""CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
+{_key_change_check(spec)}
   IF coalesce(current_setting('{KEEP_CIPHERTEXT_SETTING}', true), '') = 'on' THEN
     RETURN NEW;
   END IF;
@@ -187,16 +138,50 @@ BEGIN
 END
 $fn$""",
         f"DROP TRIGGER IF EXISTS {STALE_GUARD_TRIGGER} ON {spec.table}",
-        f"CREATE TRIGGER {STALE_GUARD_TRIGGER} BEFORE UPDATE OF {columns} ON {spec.table} "
+        f"CREATE TRIGGER {STALE_GUARD_TRIGGER} BEFORE UPDATE ON {spec.table} "
         f"FOR EACH ROW EXECUTE FUNCTION {fn}()",
+        _enable_always(spec, STALE_GUARD_TRIGGER),
     ]
 
 
 def drop_stale_guard_ddl(spec: MigrationSpec) -> list[str]:
     return [
         f"DROP TRIGGER IF EXISTS {STALE_GUARD_TRIGGER} ON {spec.table}",
-        f"DROP FUNCTION IF EXISTS {_guard_function(spec)}()",
+        f"DROP FUNCTION IF EXISTS {stale_guard_function(spec)}()",
     ]
+
+
+def key_guard_ddl(spec: MigrationSpec) -> list[str]:
+    """After the contract: the smaller trigger that keeps refusing key changes that would
+    orphan ciphertexts (there is no plaintext left to rebuild them from)."""
+    fn = key_guard_function(spec)
+    return [
+        f"""CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+{_key_change_check(spec)}
+  RETURN NEW;
+END
+$fn$""",
+        f"DROP TRIGGER IF EXISTS {KEY_GUARD_TRIGGER} ON {spec.table}",
+        f"CREATE TRIGGER {KEY_GUARD_TRIGGER} BEFORE UPDATE ON {spec.table} "
+        f"FOR EACH ROW EXECUTE FUNCTION {fn}()",
+        _enable_always(spec, KEY_GUARD_TRIGGER),
+    ]
+
+
+def drop_key_guard_ddl(spec: MigrationSpec) -> list[str]:
+    return [
+        f"DROP TRIGGER IF EXISTS {KEY_GUARD_TRIGGER} ON {spec.table}",
+        f"DROP FUNCTION IF EXISTS {key_guard_function(spec)}()",
+    ]
+
+
+TRIGGER_ENABLED_SQL = (
+    "SELECT t.tgenabled::text FROM pg_trigger t WHERE t.tgname = :g "
+    "AND t.tgrelid = to_regclass(:t) AND NOT t.tgisinternal"
+)
+"""``:g`` trigger, ``:t`` table -> ``tgenabled`` (``A`` = always, ``O`` = origin only, ``D`` =
+disabled, ``R`` = replica only), no row when the trigger is missing."""
 
 
 def blind_index_name(spec: MigrationSpec, column: str) -> str:
@@ -235,7 +220,11 @@ def unexpand_ddl(spec: MigrationSpec, restore_not_null: list[str] | None = None)
         drops.append(f"DROP COLUMN IF EXISTS {f.ciphertext_column}")
         if f.bidx_column:
             drops.append(f"DROP COLUMN IF EXISTS {f.bidx_column}")
-    out = [*drop_stale_guard_ddl(spec), f"ALTER TABLE {spec.table} " + ", ".join(drops)]
+    out = [
+        *drop_stale_guard_ddl(spec),
+        *drop_key_guard_ddl(spec),
+        f"ALTER TABLE {spec.table} " + ", ".join(drops),
+    ]
     for column in restore_not_null or []:
         if column in spec.field_names:
             out.append(f"ALTER TABLE {spec.table} ALTER COLUMN {column} SET NOT NULL")
@@ -244,12 +233,12 @@ def unexpand_ddl(spec: MigrationSpec, restore_not_null: list[str] | None = None)
 
 def contract_ddl(spec: MigrationSpec) -> list[str]:
     drops = ", ".join(f"DROP COLUMN IF EXISTS {f.plaintext_column}" for f in spec.fields)
-    return [*drop_stale_guard_ddl(spec), f"ALTER TABLE {spec.table} {drops}"]
+    return [*drop_stale_guard_ddl(spec), f"ALTER TABLE {spec.table} {drops}", *key_guard_ddl(spec)]
 
 
 def uncontract_ddl(spec: MigrationSpec) -> list[str]:
     adds = ", ".join(f"ADD COLUMN IF NOT EXISTS {f.plaintext_column} text" for f in spec.fields)
-    return [f"ALTER TABLE {spec.table} {adds}", *stale_guard_ddl(spec)]
+    return [*drop_key_guard_ddl(spec), f"ALTER TABLE {spec.table} {adds}", *stale_guard_ddl(spec)]
 
 
 def missing_ciphertext_predicate(spec: MigrationSpec) -> str:

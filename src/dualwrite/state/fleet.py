@@ -30,6 +30,9 @@ class Heartbeat:
     role: str = "api"
     host: str = ""
     pid: int = 0
+    poll_interval_seconds: float | None = None  # this instance's own interval (liveness)
+    longest_request_seconds: float | None = None  # the longest request it has served lately
+    recent_p95_ms: float | None = None  # its recent request latency
 
 
 async def heartbeat(conn: AsyncConnection, hb: Heartbeat) -> None:
@@ -37,12 +40,18 @@ async def heartbeat(conn: AsyncConnection, hb: Heartbeat) -> None:
     await conn.execute(
         text(
             "INSERT INTO dualwrite_instances (instance_id, migration, role, host, pid, "
-            "observed_phase, observed_version, key_versions, last_seen) VALUES (:i, :m, :role, "
-            ":host, :pid, :phase, :ver, :keys, clock_timestamp()) ON CONFLICT (instance_id, "
+            "observed_phase, observed_version, key_versions, last_seen, poll_interval_seconds, "
+            "observed_at, longest_request_seconds, recent_p95_ms) VALUES (:i, :m, :role, "
+            ":host, :pid, :phase, :ver, :keys, clock_timestamp(), :interval, clock_timestamp(), "
+            ":longest, :p95) ON CONFLICT (instance_id, "
             "migration) DO UPDATE SET role = excluded.role, host = excluded.host, pid = "
             "excluded.pid, observed_phase = excluded.observed_phase, observed_version = "
             "excluded.observed_version, key_versions = excluded.key_versions, last_seen = "
-            "excluded.last_seen"
+            "excluded.last_seen, poll_interval_seconds = excluded.poll_interval_seconds, "
+            "observed_at = CASE WHEN dualwrite_instances.observed_version IS NOT DISTINCT FROM "
+            "excluded.observed_version THEN dualwrite_instances.observed_at ELSE "
+            "excluded.observed_at END, longest_request_seconds = "
+            "excluded.longest_request_seconds, recent_p95_ms = excluded.recent_p95_ms"
         ),
         {
             "i": hb.instance_id,
@@ -53,6 +62,9 @@ async def heartbeat(conn: AsyncConnection, hb: Heartbeat) -> None:
             "phase": hb.observed_phase.value if hb.observed_phase else None,
             "ver": hb.observed_version,
             "keys": sorted(hb.key_versions),
+            "interval": hb.poll_interval_seconds,
+            "longest": hb.longest_request_seconds,
+            "p95": hb.recent_p95_ms,
         },
     )
 
@@ -68,7 +80,8 @@ async def list_instances(conn: AsyncConnection, migration: str) -> list[Instance
     rows = await conn.execute(
         text(
             "SELECT instance_id, host, pid, observed_phase, observed_version, key_versions, "
-            "last_seen FROM dualwrite_instances WHERE migration = :m ORDER BY instance_id"
+            "last_seen, poll_interval_seconds, observed_at, longest_request_seconds, "
+            "recent_p95_ms FROM dualwrite_instances WHERE migration = :m ORDER BY instance_id"
         ),
         {"m": migration},
     )
@@ -81,6 +94,10 @@ async def list_instances(conn: AsyncConnection, migration: str) -> list[Instance
             last_seen=r.last_seen,
             host=r.host,
             pid=r.pid,
+            poll_interval_seconds=r.poll_interval_seconds,
+            observed_at=r.observed_at,
+            longest_request_seconds=r.longest_request_seconds,
+            recent_p95_ms=r.recent_p95_ms,
         )
         for r in rows
     ]
