@@ -288,6 +288,7 @@ class Backfiller:
         m, mode = self.metrics, self.options.mode.value
         m.backfill_remaining.labels(self.migration, mode).set(self._remaining)
         m.table_rows.labels(self.migration).set(table_rows)
+        m.backfill_rows.labels(self.migration, mode, "failed")  # exported at 0 until one fails
 
     async def _watch(self, control: asyncpg.Connection, stuck: int) -> bool:
         """Poll until rows need converting again; True when asked to stop instead."""
