@@ -40,7 +40,9 @@ def binary(name: str) -> str:
     return path
 
 
-def promtool(*args: str, stdin: str | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+def promtool(
+    *args: str, stdin: str | None = None, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [binary("promtool"), *args], input=stdin, capture_output=True, text=True, cwd=cwd,
         timeout=120,
@@ -117,7 +119,7 @@ class PrometheusApi:
 async def eventually(
     probe: Callable[[], Awaitable[T]], ok: Callable[[T], bool], *, timeout: float, what: str
 ) -> T:
-    """Poll ``probe`` every 0.25 s until ``ok`` holds; fail with the last value after ``timeout``."""
+    """Poll ``probe`` every 0.25 s until ``ok`` holds; fail with the last value at ``timeout``."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         value = await probe()

@@ -14,7 +14,7 @@ from clients_service.app import create_app
 from clients_service.gate import BULK_READ, DEFAULT_THRESHOLDS_MS, SINGLE_READ
 from dualwrite.metrics import Metrics
 from tests.conftest import make_settings
-from tests.harness.prometheus import DASHBOARDS, ROOT, alert_rules, load_rules, promtool
+from tests.harness.prometheus import DASHBOARDS, ROOT, alert_rules, promtool
 
 README = ROOT / "README.md"
 EXPECTED = {

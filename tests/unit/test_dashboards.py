@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dashboards import generate
 from prometheus_client import CollectorRegistry
 
 from clients_service.app import create_app
 from clients_service.gate import BULK_READ, DEFAULT_THRESHOLDS_MS, SINGLE_READ
-from dashboards import generate
 from dualwrite.metrics import HTTP_BUCKETS, Metrics
 from tests.conftest import make_settings
 
