@@ -329,4 +329,3 @@ class PhaseWatcher:
                 await conn.close()
         if not conn.is_closed():
             conn.terminate()
-
