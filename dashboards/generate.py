@@ -191,6 +191,9 @@ def migration_dashboard() -> dash_b.Dashboard:
         .datasource(DS)
         .span(12)
         .height(8)
+        .show_value(common_m.VisibilityMode.NEVER)
+        .merge_values(True)
+        .row_height(0.8)
         .with_target(q(f"max by (phase) (dualwrite_phase{{{M}}}) == 1", "{{phase}}"))
     )
     b = b.with_panel(

@@ -66,7 +66,7 @@ def samples(body: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
 async def test_backfill_workers_serve_the_totals_of_every_shard_on_one_port(
     engine: AsyncEngine, database_url: URL, tmp_path: Path
 ) -> None:
-    await seed_legacy_rows(engine, 3000, uuid.uuid4())
+    await seed_legacy_rows(engine, 1000, uuid.uuid4())
     await move_to(engine, Phase.DUAL_WRITE, Phase.BACKFILL)
     port = free_port()
     env = environment(database_url)
@@ -85,7 +85,7 @@ async def test_backfill_workers_serve_the_totals_of_every_shard_on_one_port(
             rows = samples(body, "dualwrite_backfill_rows_total")
             return sum(v for labels, v in rows.items() if ("outcome", "done") in labels)
 
-        body = await eventually(scrape, lambda b: done(b) == 3000, timeout=120, what="3000 rows")
+        body = await eventually(scrape, lambda b: done(b) == 1000, timeout=120, what="1000 rows")
         assert len(bf.children()) == 2  # two shards, one port, one total
         async with engine.connect() as conn:
             left = (
@@ -94,7 +94,7 @@ async def test_backfill_workers_serve_the_totals_of_every_shard_on_one_port(
         assert left == 0
         remaining = samples(body, "dualwrite_backfill_rows_remaining")
         assert list(remaining.values()) == [0.0]  # livemin: one series, not one per worker
-        assert samples(body, "dualwrite_table_rows") == {(("migration", "clients_pii"),): 3000.0}
+        assert samples(body, "dualwrite_table_rows") == {(("migration", "clients_pii"),): 1000.0}
         bf.proc.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(bf.proc.wait, 30)
     assert code == 0, bf.output()
