@@ -191,7 +191,10 @@ async def scenario(live: Live) -> None:
         patch = {"phone": f"+1 555 020 {i:04d}"}
         r = await call("PATCH", ROUTE_ONE, f"{base}/{ids[40 + i]}", json=patch)
         assert r.status_code == 200, r.text
-    # a ciphertext altered in the table: the read answers 500, a decrypt failure
+    # a ciphertext altered in the table: the read answers 500, a decrypt failure; the counter
+    # is exported at 0 before it, so that Prometheus sees the very first failure as an increase
+    failures = 'sum(dualwrite_crypto_failures_total{operation="decrypt", field="email"})'
+    assert await live.prom.value(failures) == 0
     live.tampered = ids[100]
     await flip_byte(engine, ids[100], "email_encrypted", 20)
     assert (await call("GET", ROUTE_ONE, f"{base}/{ids[100]}")).status_code == 500

@@ -92,6 +92,12 @@ async def test_backfill_workers_serve_the_totals_of_every_shard_on_one_port(
                 await conn.execute(text("SELECT count(*) FROM clients WHERE email_bidx IS NULL"))
             ).scalar_one()
         assert left == 0
+        failed = {
+            k: v
+            for k, v in samples(body, "dualwrite_backfill_rows_total").items()
+            if ("outcome", "failed") in k
+        }
+        assert list(failed.values()) == [0.0]  # exported at 0: the first failure is an increase
         remaining = samples(body, "dualwrite_backfill_rows_remaining")
         assert list(remaining.values()) == [0.0]  # livemin: one series, not one per worker
         assert samples(body, "dualwrite_table_rows") == {(("migration", "clients_pii"),): 1000.0}
