@@ -24,7 +24,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from grafana_foundation_sdk.builders import common as common_b
 from grafana_foundation_sdk.builders import dashboard as dash_b
@@ -75,6 +75,23 @@ def _threshold(panel: Any, limit: float | None) -> Any:
     )
 
 
+P = TypeVar("P", timeseries.Panel, stat.Panel)
+
+
+def _panel(panel: P, pid: int, title: str, description: str, unit: str, size: tuple[int, int]) -> P:
+    """The parts every panel shares: id, title, description, datasource, unit, size."""
+    width, height = size
+    return (
+        panel.id(pid)
+        .title(title)
+        .description(description)
+        .datasource(DS)
+        .unit(unit)
+        .span(width)
+        .height(height)
+    )
+
+
 def graph(
     pid: int,
     title: str,
@@ -85,21 +102,11 @@ def graph(
     stacked: bool = False,
     width: int = 12,
 ) -> timeseries.Panel:
-    panel = (
-        timeseries.Panel()
-        .id(pid)
-        .title(title)
-        .description(description)
-        .datasource(DS)
-        .unit(unit)
-        .span(width)
-        .height(8)
-        .legend(
-            common_b.VizLegendOptions()
-            .display_mode(common_m.LegendDisplayMode.LIST)
-            .placement(common_m.LegendPlacement.BOTTOM)
-            .show_legend(True)
-        )
+    panel = _panel(timeseries.Panel(), pid, title, description, unit, (width, 8)).legend(
+        common_b.VizLegendOptions()
+        .display_mode(common_m.LegendDisplayMode.LIST)
+        .placement(common_m.LegendPlacement.BOTTOM)
+        .show_legend(True)
     )
     if limit is not None:
         panel = panel.thresholds_style(
@@ -120,16 +127,8 @@ def single(
     mappings: dict[str, tuple[str, str]] | None = None,
     width: int = 6,
 ) -> stat.Panel:
-    panel = (
-        stat.Panel()
-        .id(pid)
-        .title(title)
-        .description(description)
-        .datasource(DS)
-        .unit(unit)
-        .span(width)
-        .height(5)
-        .reduce_options(common_b.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+    panel = _panel(stat.Panel(), pid, title, description, unit, (width, 5)).reduce_options(
+        common_b.ReduceDataOptions().calcs(["lastNotNull"]).values(False)
     )
     if mappings:
         options = {
