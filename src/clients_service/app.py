@@ -82,11 +82,7 @@ def _keys(
     except DualwriteError as exc:
         reasons.append(str(exc))
     if keyring is not None:
-        for key in keyring:
-            metrics.key_expiry.labels(version=key.version).set(key.expires_at.timestamp())
-            metrics.key_current.labels(version=key.version).set(
-                1.0 if key.version == keyring.current.version else 0.0
-            )
+        metrics.set_keyring(keyring)
     return keyring, bidx, "; ".join(reasons) or None
 
 

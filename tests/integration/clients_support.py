@@ -138,3 +138,17 @@ async def flip_byte(engine: AsyncEngine, row_id: str, column: str, index: int) -
         await conn.execute(
             text(f"UPDATE clients SET {column} = :v WHERE id = :i"), {**key, "v": bytes(stored)}
         )
+
+
+async def seed_legacy_rows(engine: AsyncEngine, n: int, workspace: uuid.UUID) -> None:
+    """Rows written by the application before dualwrite: plaintext only."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO clients (id, workspace_id, first_name, last_name, email, phone, "
+                "address, medical_history) SELECT gen_random_uuid(), :ws, 'Ada' || i, "
+                "'Lovelace' || i, 'ada' || i || '@example.org', '+1 555 010 ' || i, "
+                "i || ' Analytical St', 'notes ' || i FROM generate_series(1, :n) AS i"
+            ),
+            {"ws": workspace, "n": n},
+        )

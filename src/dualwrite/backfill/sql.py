@@ -88,6 +88,9 @@ class BackfillSql:
     def count_remaining(self) -> str:
         return f"SELECT count(*) FROM {self.spec.table} WHERE {self.predicate}"
 
+    def count_rows(self) -> str:
+        return f"SELECT count(*) FROM {self.spec.table}"
+
     @staticmethod
     def read_state() -> str:
         """``$1`` = migration name -> (phase, backfill_control)."""

@@ -237,6 +237,7 @@ class Backfiller:
             while not self._stop.is_set():
                 if not counted:
                     self._remaining = int(await control.fetchval(sql.count_remaining()))
+                    self._export_counts(int(await control.fetchval(sql.count_rows())))
                 result = await run_pass(self._context(pos), control, workers)
                 if result.stopped:
                     self.report.stopped = result.stopped
@@ -281,6 +282,13 @@ class Backfiller:
         self._state = "finished" if o.once else "watching"
         self.metrics.backfill_remaining.labels(self.migration, o.mode.value).set(left)
         self.progress.update(self.snapshot(self._state), force=True)
+
+    def _export_counts(self, table_rows: int) -> None:
+        """Rows left and rows in the table (coverage = 1 - left / rows) at a pass start."""
+        m, mode = self.metrics, self.options.mode.value
+        m.backfill_remaining.labels(self.migration, mode).set(self._remaining)
+        m.table_rows.labels(self.migration).set(table_rows)
+        m.backfill_rows.labels(self.migration, mode, "failed")  # exported at 0 until one fails
 
     async def _watch(self, control: asyncpg.Connection, stuck: int) -> bool:
         """Poll until rows need converting again; True when asked to stop instead."""

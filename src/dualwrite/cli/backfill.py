@@ -7,14 +7,14 @@
 Refusals (unknown migration, a phase that does not allow the mode, missing keys) print one
 line and exit 1 before any row is touched. SIGTERM / SIGINT finish the batches in flight,
 checkpoint and exit 0; the next start resumes from the checkpoint. ``--workers N`` starts N
-worker processes (shards 0..N-1) that split the work with ``SKIP LOCKED`` claims.
+worker processes (shards 0..N-1) that split the work with ``SKIP LOCKED`` claims; with
+``--metrics-port`` the parent serves the totals of all of them (Prometheus multiprocess mode).
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
 import sys
 from typing import Annotated
 
@@ -51,7 +51,7 @@ def backfill(
     except ValueError as exc:
         raise DualwriteError(str(exc)) from None
     if workers > 1:
-        raise typer.Exit(_spawn(workers))
+        raise typer.Exit(_spawn(workers, metrics_port))
     # imported here, not at the top, so that ``dualwrite --help`` stays quick
     from dualwrite.backfill import Backfiller, BackfillOptions
     from dualwrite.backfill.progress import JsonLinesProgress, default_sink
@@ -81,6 +81,7 @@ def backfill(
         max_replication_lag_seconds=s.backfill_max_replication_lag_seconds,
     )
     metrics = Metrics()
+    metrics.set_keyring(keyring)
     if metrics_port:
         from prometheus_client import start_http_server
 
@@ -109,22 +110,39 @@ def backfill(
     echo_json({"event": "report", **report})
 
 
-def _spawn(workers: int) -> int:
-    """Run ``workers`` copies of this command as shards 0..N-1; forward SIGTERM/SIGINT."""
-    args = [a for a in sys.argv[1:] if not a.startswith("--workers")]
-    if "--workers" in sys.argv[1:]:
-        i = sys.argv[1:].index("--workers")
-        args = sys.argv[1:][:i] + sys.argv[1:][i + 2 :]
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "dualwrite.cli", *args, "--shard", str(n)])
+def _without(argv: list[str], option: str) -> list[str]:
+    """``argv`` less ``option VALUE`` / ``option=VALUE``."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == option:
+            skip = True
+        elif not a.startswith(option + "="):
+            out.append(a)
+    return out
+
+
+def _spawn(workers: int, metrics_port: int | None) -> int:
+    """Run ``workers`` copies of this command as shards 0..N-1 under a supervisor that forwards
+    SIGTERM/SIGINT; with ``metrics_port`` this process serves the totals of all of them
+    (prometheus-client multiprocess mode; each worker is marked dead as it exits)."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from dualwrite.metrics import multiprocess
+    from dualwrite.serving import Supervisor, WorkerSpec
+
+    args = _without(_without(sys.argv[1:], "--workers"), "--metrics-port")
+    metrics_dir = Path(tempfile.mkdtemp(prefix="dualwrite-backfill-metrics-"))
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, registry=multiprocess.aggregate_registry(metrics_dir))
+    env = dict(os.environ)
+    specs = [
+        WorkerSpec([sys.executable, "-m", "dualwrite.cli", *args, "--shard", str(n)], env)
         for n in range(workers)
     ]
-
-    def forward(sig: int, _frame: object) -> None:
-        for p in procs:
-            p.send_signal(sig)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    codes = [p.wait() for p in procs]
-    return max(codes)
+    return Supervisor(specs, metrics_dir=metrics_dir, restart=False, grace_seconds=None).run()

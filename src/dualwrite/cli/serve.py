@@ -4,12 +4,28 @@
 
 The app is named by ``REFERENCE_APP`` (default ``clients_service.app:create_app``) and built by
 uvicorn calling that factory, so dualwrite never imports the service itself. Each worker
-process starts its own phase watcher, which heartbeats the phase it observes.
+process starts its own phase watcher, which heartbeats the phase it observes as an instance of
+its own.
+
+One worker runs uvicorn in this process. With ``--workers N`` (N > 1) this process becomes a
+small supervisor (:mod:`dualwrite.serving`): it binds the socket once, starts N worker
+processes that share it, restarts one that dies, and keeps ``/metrics`` right across them
+(prometheus-client multiprocess mode in a private directory, or ``PROMETHEUS_MULTIPROC_DIR``
+when set: every worker answers a scrape with the totals of all of them, and a dead worker is
+marked dead). With ``INSTANCE_ID`` set, worker n heartbeats as ``<INSTANCE_ID>-<n>``, so a
+restarted worker takes over its predecessor's heartbeat row.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
+import os
+import signal
+import socket
+import sys
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -20,6 +36,8 @@ from dualwrite.errors import ConfigError, MissingKeyError
 
 if TYPE_CHECKING:
     from dualwrite.config import Settings
+
+log = logging.getLogger("dualwrite.serving")
 
 
 def check_factory(target: str) -> None:
@@ -65,13 +83,64 @@ def serve(
     preflight_keys(s)
     target = s.reference_app
     check_factory(target)
+    if workers > 1:
+        raise typer.Exit(_supervise(s, target, host, port, workers, log_level))
     uvicorn.run(
         target,
         factory=True,
         host=host,
         port=port,
-        workers=workers,
         log_level=log_level,
         access_log=False,
         proxy_headers=False,
     )
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The one listening socket every worker shares (one-line error when it cannot bind)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _level(name: str) -> int:
+    level = logging.getLevelName(name.upper())
+    return level if isinstance(level, int) else logging.INFO
+
+
+def _supervise(s: Settings, target: str, host: str, port: int, workers: int, level: str) -> int:
+    from dualwrite.metrics import multiprocess
+    from dualwrite.serving import Supervisor, WorkerSpec
+
+    sock = _listen(host, port)
+    given = multiprocess.active_dir()
+    metrics_dir = given or Path(tempfile.mkdtemp(prefix="dualwrite-metrics-"))
+    fd = sock.fileno()
+    argv = [sys.executable, "-m", "dualwrite.serving.worker", "--fd", str(fd), "--app", target]
+    specs = []
+    for n in range(workers):
+        env = dict(os.environ)
+        if s.instance_id:
+            env["INSTANCE_ID"] = f"{s.instance_id}-{n}"
+        specs.append(WorkerSpec([*argv, "--log-level", level], env, (fd,), new_session=True))
+    logging.basicConfig(format="%(levelname)-9s %(message)s", level=_level(level))
+    log.info("serving http://%s:%d with %d workers (metrics: %s)", host, port, workers, metrics_dir)
+    supervisor = Supervisor(
+        specs,
+        metrics_dir=metrics_dir,
+        restart=True,
+        remove_metrics_dir=given is None,
+        forward=lambda _sig: signal.SIGTERM,
+    )
+    try:
+        return supervisor.run()
+    finally:
+        sock.close()

@@ -154,6 +154,11 @@ class FieldCodec:
             f: m.shadow_mismatches.labels(migration=name, field=f) for f in self._fields
         }
         self._shadow_reads = m.shadow_reads.labels(migration=name)
+        # created at 0 so that the first failure is an increase Prometheus can see
+        self._decrypt_failures = {
+            f: m.crypto_failures.labels(operation="decrypt", migration=name, field=f)
+            for f in self._fields
+        }
         self._layouts: dict[tuple[Behaviour, tuple[str, ...]], ReadLayout] = {}
 
     def _why_unavailable(self, reason: str | None) -> str | None:
@@ -337,9 +342,7 @@ class FieldCodec:
             try:
                 same = decrypt(ct, table=table, column=f.name, row_key=row_key) == served[f.name]
             except DecryptionError as exc:
-                self.metrics.crypto_failures.labels(
-                    operation="decrypt", migration=self.spec.name, field=f.name
-                ).inc()
+                self._decrypt_failures[f.name].inc()
                 log.warning("shadow read: %s", exc)
                 same = False
             if not same:
@@ -380,9 +383,7 @@ class FieldCodec:
         )
 
     def _count_decrypt_failure(self, field: str, exc: DecryptionError) -> None:
-        self.metrics.crypto_failures.labels(
-            operation="decrypt", migration=self.spec.name, field=field
-        ).inc()
+        self._decrypt_failures[field].inc()
         self._event("decrypt_failure")
         log.error("read failed: %s", exc)
 

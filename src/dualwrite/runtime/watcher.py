@@ -42,7 +42,6 @@ import os
 import secrets
 import socket
 from collections import Counter
-from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -51,8 +50,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from dualwrite.config import Settings
 from dualwrite.db import connect_raw
 from dualwrite.errors import UnknownMigrationError
-from dualwrite.metrics import PHASES, Metrics
-from dualwrite.phases import Behaviour, Facts, InstanceView, behaviour, live_instances
+from dualwrite.metrics import Metrics
+from dualwrite.metrics.heartbeat import export_heartbeat_gauges
+from dualwrite.phases import Behaviour, behaviour
 from dualwrite.schema import sql as schema_sql
 from dualwrite.state import fleet, read_events, registry, versions
 from dualwrite.state.registry import MigrationState
@@ -295,17 +295,7 @@ class PhaseWatcher:
                 )
             await self._flush_read_events(conn)
             if self.metrics is not None:
-                await self._export_fleet(conn)
-
-    async def _export_fleet(self, conn: AsyncConnection) -> None:
-        """Set ``dualwrite_instances{migration, phase}`` to the live instances per phase."""
-        now = await registry.database_now(conn)
-        for name in list(self._states):
-            instances = await fleet.list_instances(conn, name)
-            counts = _count_live(instances, now, self.poll_interval)
-            assert self.metrics is not None
-            for phase in PHASES:
-                self.metrics.instances.labels(migration=name, phase=phase).set(counts.get(phase, 0))
+                await export_heartbeat_gauges(conn, self.metrics, poll_interval=self.poll_interval)
 
     # --- LISTEN ---------------------------------------------------------------------------
 
@@ -339,24 +329,3 @@ class PhaseWatcher:
                 await conn.close()
         if not conn.is_closed():
             conn.terminate()
-
-
-def _count_live(
-    instances: list[InstanceView], now: datetime, poll_interval: float
-) -> dict[str, int]:
-    """Live instances per observed phase, with the guards' definition of live."""
-    facts = Facts(
-        now=now,
-        state_version=0,
-        phase_changed_at=now,
-        schema_expanded=True,
-        plaintext_columns_present=True,
-        current_key_version=None,
-        instances=tuple(instances),
-        poll_interval_seconds=poll_interval,
-    )
-    counts: Counter[str] = Counter()
-    for i in live_instances(facts):
-        if i.observed_phase is not None:
-            counts[i.observed_phase.value] += 1
-    return dict(counts)

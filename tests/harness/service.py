@@ -1,0 +1,78 @@
+"""The reference service and backfill workers as real ``dualwrite`` processes on loopback ports,
+their output in files (a full pipe never blocks them), stopped with SIGTERM (SIGKILL after 15 s)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+
+from tests.harness.prometheus import eventually
+
+
+@dataclass
+class Process:
+    """One ``dualwrite`` command running in the background."""
+
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def children(self) -> list[int]:
+        """The pids of its worker processes (``serve --workers N``)."""
+        try:
+            return sorted(c.pid for c in psutil.Process(self.pid).children() if c.is_running())
+        except psutil.NoSuchProcess:
+            return []
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+
+@asynccontextmanager
+async def dualwrite_process(
+    env: Mapping[str, str], folder: Path, name: str, *args: str
+) -> AsyncIterator[Process]:
+    """``python -m dualwrite.cli <args>`` until the block ends (then SIGTERM and reap)."""
+    log = folder / f"{name}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dualwrite.cli", *args],
+            env=dict(env), stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    process = Process(proc, log)
+    try:
+        yield process
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(proc.wait, 15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def wait_healthy(base: str, process: Process, timeout: float = 60) -> None:
+    """Until ``GET /healthz`` answers 200 (fails early with the output if the process died)."""
+
+    async def probe() -> bool:
+        assert process.proc.poll() is None, process.output()
+        try:
+            async with httpx.AsyncClient(base_url=base, timeout=2) as c:
+                return (await c.get("/healthz")).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    await eventually(probe, bool, timeout=timeout, what=f"{base}/healthz")
