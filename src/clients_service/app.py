@@ -42,12 +42,18 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 
-from clients_service.surface import Health, allowed_methods, log_keys
 from clients_service.repository import ClientsRepository
 from clients_service.routes import Services, clients_router, require_metrics_token
 from clients_service.schema import CLIENTS_PII
+from clients_service.surface import Health, allowed_methods, log_keys
 from clients_service.tables import CLIENTS
-from dualwrite.admin import STATE_ATTRIBUTE, AdminContext, TokenSource, admin_router, error_responses
+from dualwrite.admin import (
+    STATE_ATTRIBUTE,
+    AdminContext,
+    TokenSource,
+    admin_router,
+    error_responses,
+)
 from dualwrite.config import Settings, load_settings
 from dualwrite.crypto import BlindIndex, FieldCipher, Keyring, load_keyring
 from dualwrite.db import open_engine

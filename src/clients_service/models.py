@@ -51,7 +51,9 @@ PHONE_PATTERN = rf"^[{WHITESPACE}]*[0-9+().\-/ ]*[0-9][0-9+().\-/ x]*[{WHITESPAC
 
 Name = Annotated[str, Text(200, pattern=NOT_BLANK, message="must not be blank", strip=True)]
 OptName = Annotated[str, Text(200, pattern=NO_NUL, strip=True)]
-Email = Annotated[str, Text(320, pattern=EMAIL_PATTERN, message="is not an email address", strip=True)]
+Email = Annotated[
+    str, Text(320, pattern=EMAIL_PATTERN, message="is not an email address", strip=True)
+]
 Phone = Annotated[
     str,
     Text(
@@ -72,6 +74,23 @@ class ClientFields(BaseModel):
 class ClientCreate(ClientFields):
     """``POST /workspaces/{ws}/clients``."""
 
+    model_config = ConfigDict(
+        json_schema_extra=schema_extra(
+            examples=[
+                {
+                    "first_name": "Ada",
+                    "last_name": "Lovelace",
+                    "email": "ada@example.org",
+                    "phone": "+44 20 7946 0958",
+                    "address": "12 Analytical St, London",
+                    "medical_history": "no known allergies",
+                    "emergency_contact_name": "Charles Babbage",
+                    "emergency_contact_phone": "+44 20 7946 0000",
+                }
+            ]
+        )
+    )
+
     first_name: Name
     last_name: Name
     email: Email | None = None
@@ -89,7 +108,11 @@ class ClientPatch(ClientFields):
     """``PATCH /workspaces/{ws}/clients/{id}``: only the fields given change (``null`` clears;
     ``first_name`` and ``last_name`` cannot be cleared, so they are never ``null``)."""
 
-    model_config = ConfigDict(json_schema_extra=schema_extra(minProperties=1))
+    model_config = ConfigDict(
+        json_schema_extra=schema_extra(
+            minProperties=1, examples=[{"phone": "+44 20 7946 0001", "address": None}]
+        )
+    )
     first_name: Name | SkipJsonSchema[None] = None
     last_name: Name | SkipJsonSchema[None] = None
     email: Email | None = None

@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
-from starlette.convertors import Convertor, register_url_convertor
+from starlette.routing import Match
+from starlette.types import Scope
 
 from clients_service.models import (
     LIMITS,
@@ -110,7 +112,11 @@ _SEARCH_CRITERIA = {
     "schema": {
         "type": "object",
         "properties": {
-            field: {"type": "string", "maxLength": LIMITS[limit], "pattern": _SEARCH_PATTERNS[field]}
+            field: {
+                "type": "string",
+                "maxLength": LIMITS[limit],
+                "pattern": _SEARCH_PATTERNS[field],
+            }
             for field, limit in (("email", "email"), ("phone", "phone"), ("name", "first_name"))
         },
         "minProperties": 1,
@@ -119,20 +125,15 @@ _SEARCH_CRITERIA = {
 }
 
 
-class _ClientId(Convertor[str]):
-    """``{client_id:client_id}``: any segment but ``search`` (so ``PATCH .../search`` is a 405
-    of the search route, not a malformed client id); FastAPI validates the UUID (422)."""
+class _ClientRoute(APIRoute):
+    """A ``/{client_id}`` route that does not match ``search``: ``PATCH .../search`` is then a
+    405 of the search route (with its ``Allow``), not a malformed client id."""
 
-    regex = "(?!search$)[^/]+"
-
-    def convert(self, value: str) -> str:
-        return value
-
-    def to_string(self, value: str) -> str:
-        return value
-
-
-register_url_convertor("client_id", _ClientId())
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        if match is not Match.NONE and child.get("path_params", {}).get("client_id") == "search":
+            return Match.NONE, {}
+        return match, child
 
 
 def _not_found() -> HTTPException:
@@ -253,7 +254,7 @@ def clients_router(*, token_required: bool) -> APIRouter:
     ]  # fmt: skip
     for path, method, endpoint, op, code, model, responses in routes:
         router.add_api_route(
-            path.replace("{client_id}", "{client_id:client_id}"),
+            path,
             endpoint,
             methods=[method],
             operation_id=op,
@@ -261,5 +262,6 @@ def clients_router(*, token_required: bool) -> APIRouter:
             response_model=model,
             responses=responses,
             openapi_extra={"parameters": [_SEARCH_CRITERIA]} if op == "searchClients" else None,
+            route_class_override=_ClientRoute if "{client_id}" in path else None,
         )
     return router

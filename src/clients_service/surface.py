@@ -45,14 +45,15 @@ def allowed_methods(request: Request) -> list[str]:
 
     Starlette answers a 405 from the first route whose path matches, so its ``Allow`` names
     that route's methods only; a path served by several routes (``GET``, ``PATCH`` and
-    ``DELETE`` of one client) needs them all.
+    ``DELETE`` of one client) needs them all. Each method is asked of the router the way a
+    request with it would be routed.
     """
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match is not Match.NONE:
-            methods.update(getattr(route, "methods", None) or ())
-    return order_methods(methods)
+    routes = request.app.router.routes
+    return [
+        method
+        for method in _ORDER
+        if any(r.matches({**request.scope, "method": method})[0] is Match.FULL for r in routes)
+    ]
 
 
 def log_keys(keyring: Keyring | None, bidx: BlindIndex | None, reasons: Sequence[str]) -> None:

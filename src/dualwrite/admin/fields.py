@@ -26,10 +26,10 @@ from pydantic_core import core_schema
 
 __all__ = [
     "JSON_NUMBER",
-    "JsonBool",
     "NOT_BLANK",
     "NO_NUL",
     "WHITESPACE",
+    "JsonBool",
     "Text",
     "schema_extra",
     "storable",

@@ -53,6 +53,10 @@ class PhaseChange(BaseModel):
                 "required": ["reason"],
                 "properties": {"reason": {"type": "string", "pattern": NOT_BLANK}},
             },
+            "examples": [
+                {"target": "dual_write", "reason": "expand applied", "actor": "alice"},
+                {"target": "read_switch", "force": True, "reason": "gate checked by hand"},
+            ],
         },
     )
     target: Phase = Field(description="phase to move to, one step from the current")
@@ -82,7 +86,10 @@ class BackfillKnobs(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra=schema_extra(anyOf=[{"required": [k]} for k in _KNOB_FIELDS]),
+        json_schema_extra=schema_extra(
+            anyOf=[{"required": [k]} for k in _KNOB_FIELDS],
+            examples=[{"batch_size": 500, "sleep_ratio": 0.5, "reason": "daytime load"}],
+        ),
     )
     batch_size: Annotated[int, Field(ge=1, le=100_000), JSON_NUMBER] | SkipJsonSchema[None] = None
     max_rows_per_second: Rate | SkipJsonSchema[None] = Field(
@@ -108,7 +115,7 @@ class BackfillKnobs(BaseModel):
 
 
 class BackfillPause(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"reason": "peak"}]})
     reason: Reason | None = None
 
 
@@ -132,7 +139,18 @@ class GateResult(BaseModel):
     surrogates) are replaced by U+FFFD.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "phase": "backfill",
+                    "passed": True,
+                    "summary": {"endpoints": {"GET /clients/{id}": {"p95_ms": 4.2}}},
+                }
+            ]
+        },
+    )
     phase: Phase = Field(description="the phase the gate ran in")
     passed: JsonBool
     summary: dict[str, Any] = Field(default_factory=dict, description="per-endpoint p95s etc.")

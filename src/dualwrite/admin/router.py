@@ -81,7 +81,10 @@ __all__ = ["MIGRATION_NAME_PATTERN", "admin_router"]
 MIGRATION_NAME_PATTERN = r"^[a-z_][a-z0-9_]{0,50}$"
 """A migration name (the spec's identifier rule, :mod:`dualwrite.spec`)."""
 
-Name = Annotated[str, Path(pattern=MIGRATION_NAME_PATTERN, description="migration name")]
+Name = Annotated[
+    str,
+    Path(pattern=MIGRATION_NAME_PATTERN, description="migration name", examples=["clients_pii"]),
+]
 
 _ITEM_OPERATIONS = {
     "getMigration": "the migration's status",

@@ -6,7 +6,7 @@ token can be added, rolled out to its users and the old one removed without a ga
 * ``ADMIN_TOKENS=name:scope:token,...`` -- ``scope`` is ``read`` (``GET`` routes: status,
   audit) or ``operator`` (everything, including phase moves, knobs and gates);
 * ``ADMIN_TOKENS_FILE=/path`` -- the same entries, one per line (``#`` comments). The file is
-  checked on every admin request and read again when it changed, so **adding or revoking a
+  read on every admin request and parsed again when it changed, so **adding or revoking a
   token in the file needs no restart**; the environment variables are read once, at start. A
   file that becomes unreadable or malformed refuses every admin request (503) until fixed —
   a typo must not keep a revoked token alive;
@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 import re
 import threading
 from collections.abc import Sequence
@@ -98,13 +97,15 @@ def parse_tokens(text: str, variable: str = "ADMIN_TOKENS") -> list[AdminToken]:
     for n, entry in enumerate(entries, 1):
         name, sep1, rest = entry.partition(":")
         scope, sep2, token = rest.partition(":")
+        if not (sep1 and sep2):  # without both colons the "name" may be the token itself
+            raise ConfigError(
+                f"{variable} entry {n}: must look like name:scope:token (value not shown)"
+            )
         if not _NAME.fullmatch(name):
             raise ConfigError(
-                f"{variable} entry {n}: must look like name:scope:token, the name 1-64 of "
-                "A-Z a-z 0-9 _ . - (value not shown)"
+                f"{variable} entry {n}: the name must be 1-64 of A-Z a-z 0-9 _ . - "
+                "(value not shown)"
             )
-        if not (sep1 and sep2):
-            raise ConfigError(f"{variable} entry {n} ({name!r}): must look like name:scope:token")
         if scope not in SCOPES:
             raise ConfigError(f"{variable} entry {n} ({name!r}): scope must be read or operator")
         _check_token(token, f"entry {n} ({name!r})", variable)
@@ -171,50 +172,47 @@ class TokenSource:
             )
         self.path = settings.admin_tokens_file
         self._lock = threading.Lock()
-        self._stamp: tuple[int, int, int] | None = None
+        self._read: bytes | None = None  # the file's content the current set was built from
         self._set = TokenSet(_combine(*self._fixed))
         if self.path is not None:
-            self._reload(self._stat())
+            self._reload(self._content())
 
     @property
     def configured(self) -> bool:
         """Whether any token source is configured at all (else the admin API is disabled)."""
         return bool(self._fixed) or self.path is not None
 
-    def _stat(self) -> tuple[int, int, int]:
+    def _content(self) -> bytes:
         assert self.path is not None
         try:
-            st = os.stat(self.path)
+            return Path(self.path).read_bytes()
         except OSError as exc:
             raise ConfigError(
                 f"ADMIN_TOKENS_FILE {self.path} cannot be read ({exc.strerror})"
             ) from None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
 
-    def _reload(self, stamp: tuple[int, int, int]) -> None:
-        assert self.path is not None
+    def _reload(self, content: bytes) -> None:
         try:
-            text = Path(self.path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or type(exc).__name__
-            raise ConfigError(f"ADMIN_TOKENS_FILE {self.path} cannot be read ({reason})") from None
+            text = content.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"ADMIN_TOKENS_FILE {self.path} is not UTF-8 text") from None
         from_file = parse_tokens(text, "ADMIN_TOKENS_FILE")
         self._set = TokenSet(_combine(*self._fixed, ("ADMIN_TOKENS_FILE", from_file)))
-        first = self._stamp is None
-        self._stamp = stamp
+        first, self._read = self._read is None, content
         if not first:
             log_event(log, "admin_tokens_reloaded", tokens=self._set.names)
 
     def current(self) -> TokenSet:
-        """The tokens valid now (the file is re-read first when it changed)."""
+        """The tokens valid now (the file — a few lines — is read on every call and parsed
+        again when its content changed)."""
         if self.path is None:
             return self._set
         with self._lock:
-            stamp = self._stat()
-            if stamp != self._stamp:
+            content = self._content()
+            if content != self._read:
                 try:
-                    self._reload(stamp)
+                    self._reload(content)
                 except ConfigError:
-                    self._set, self._stamp = TokenSet(()), (0, 0, 0)  # fail closed until fixed
+                    self._set, self._read = TokenSet(()), b""  # fail closed until fixed
                     raise
             return self._set

@@ -67,10 +67,15 @@ def run_async(coro: Coroutine[Any, Any, T] | Awaitable[T]) -> T:
 
 
 def settings() -> Settings:
-    """Settings for this CLI invocation (environment + ``.env``)."""
+    """Settings for this CLI invocation (environment + ``.env``); also sets up the logs
+    (:func:`dualwrite.logs.setup_logging`: stderr, ``LOG_FORMAT``, ``LOG_LEVEL``, secrets
+    registered for redaction), so every command that reads settings logs the same way."""
     from dualwrite.config import load_settings  # pydantic-settings: not needed for --help
+    from dualwrite.logs import setup_logging
 
-    return load_settings()
+    loaded = load_settings()
+    setup_logging(settings=loaded)
+    return loaded
 
 
 def echo_json(obj: Any) -> None:

@@ -2,6 +2,10 @@
 
     $ dualwrite serve --port 8000 --workers 2
 
+Logs: JSON lines on stderr unless it is a terminal (``LOG_FORMAT``), one ``http_request`` event
+per request (the app's :class:`dualwrite.logs.RequestLog`), uvicorn's own lines in the same
+format. A malformed key or admin-token setting fails before uvicorn starts, in one line.
+
 The app is named by ``REFERENCE_APP`` (default ``clients_service.app:create_app``) and built by
 uvicorn calling that factory, so dualwrite never imports the service itself. Each worker
 process starts its own phase watcher, which heartbeats the phase it observes.
@@ -61,8 +65,12 @@ def serve(
     """Serve the reference clients API (REFERENCE_APP) with uvicorn."""
     import uvicorn
 
+    from dualwrite.admin import TokenSource
+    from dualwrite.logs import uvicorn_log_config
+
     s = settings()
     preflight_keys(s)
+    TokenSource(s)  # a malformed ADMIN_TOKEN(S)(_FILE) fails here, in one line
     target = s.reference_app
     check_factory(target)
     uvicorn.run(
@@ -72,6 +80,7 @@ def serve(
         port=port,
         workers=workers,
         log_level=log_level,
+        log_config=uvicorn_log_config(s.log_format, log_level),  # applied in every worker
         access_log=False,
         proxy_headers=False,
     )

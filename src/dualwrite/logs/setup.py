@@ -35,6 +35,9 @@ __all__ = [
 ]
 
 _UVICORN = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
+_QUIET = ("sqlalchemy", "asyncpg", "httpx", "httpcore", "urllib3")
+"""Held at WARNING whatever the level: SQLAlchemy's INFO is every statement, httpx's every URL
+(query strings included: a search URL holds an email address)."""
 _MARK = "_dualwrite_handler"
 
 
@@ -86,6 +89,8 @@ def setup_logging(
         logger.handlers = []
         logger.propagate = True
     logging.getLogger("uvicorn.access").disabled = True  # dualwrite logs each request itself
+    for name in _QUIET:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def reset_logging() -> None:
@@ -119,6 +124,7 @@ def uvicorn_log_config(fmt: str = "auto", level: str | int = "info") -> dict[str
         "loggers": {
             **{name: {"handlers": [], "propagate": True} for name in _UVICORN},
             "uvicorn.access": {"handlers": [], "propagate": False},
+            **{name: {"level": "WARNING"} for name in _QUIET},
         },
     }
 
