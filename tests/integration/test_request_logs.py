@@ -46,7 +46,7 @@ def events(stream: io.StringIO, name: str | None = None) -> list[dict[str, Any]]
 async def test_each_request_is_one_event_with_its_request_id(
     engine: AsyncEngine, database_url: URL, logged: io.StringIO
 ) -> None:
-    async with running_app(make_settings(database_url), token=None) as (app, http):
+    async with running_app(make_settings(database_url), token=None) as (_, http):
         [keys] = events(logged, "keys_loaded")
         assert (keys["versions"], keys["current"], keys["blind_index_key"]) == (["v1"], "v1", True)
         ws = uuid.uuid4()

@@ -277,7 +277,8 @@ def _coherent(b: Behaviour) -> bool:
         not (b.writes_plaintext and not b.plaintext_column_exists),
         b.nulls_plaintext == (b.plaintext_column_exists and not b.writes_plaintext),
         b.reads_from is not ReadSource.CIPHERTEXT or b.writes_ciphertext,
-        not b.fallback_to_plaintext or (b.reads_from is ReadSource.CIPHERTEXT and b.plaintext_column_exists),
+        not b.fallback_to_plaintext
+        or (b.reads_from is ReadSource.CIPHERTEXT and b.plaintext_column_exists),
         BackfillMode.ENCRYPT not in modes or (b.writes_ciphertext and b.writes_plaintext),
         BackfillMode.PURGE not in modes or (not b.writes_plaintext and b.plaintext_column_exists),
         BackfillMode.DECRYPT not in modes or b.reads_from is ReadSource.CIPHERTEXT,

@@ -97,7 +97,7 @@ def _payload(record: logging.LogRecord) -> dict[str, Any]:
     for key, value in _fields(record).items():
         out.setdefault(key, value)
     if record.exc_info and record.exc_info[0] is not None:
-        out.update(_exception(record.exc_info))  # type: ignore[arg-type]
+        out.update(_exception(record.exc_info))
     return out
 
 
