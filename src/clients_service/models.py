@@ -18,18 +18,17 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    field_validator,
     model_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
 
-from dualwrite.admin.fields import NO_NUL, NOT_BLANK, WHITESPACE, Text, schema_extra
+from dualwrite.admin.fields import NO_NUL, NOT_BLANK, WHITESPACE, Text, refuse_null, schema_extra
 
 LIMITS: dict[str, int] = {
     "first_name": 200,
@@ -122,12 +121,7 @@ class ClientPatch(ClientFields):
     emergency_contact_name: OptName | None = None
     emergency_contact_phone: Phone | None = None
 
-    @field_validator(*_REQUIRED_NAMES, mode="before")
-    @classmethod
-    def _not_cleared(cls, value: Any) -> Any:
-        if value is None:
-            raise ValueError("cannot be cleared")
-        return value
+    _not_cleared = refuse_null(*_REQUIRED_NAMES, message="cannot be cleared")
 
     @model_validator(mode="after")
     def _check(self) -> ClientPatch:

@@ -20,7 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BeforeValidator, GetCoreSchemaHandler, GetJsonSchemaHandler, StrictBool
+from pydantic import (
+    BeforeValidator,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    StrictBool,
+    field_validator,
+)
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import core_schema
 
@@ -31,6 +37,7 @@ __all__ = [
     "WHITESPACE",
     "JsonBool",
     "Text",
+    "refuse_null",
     "schema_extra",
     "storable",
     "stripped",
@@ -134,3 +141,15 @@ def schema_extra(**extra: Any) -> Callable[[dict[str, Any]], None]:
         schema.update(extra)
 
     return hook
+
+
+def refuse_null(*fields: str, message: str) -> Any:
+    """A model validator refusing an explicit ``null`` for ``fields`` (they may be omitted):
+    ``_no_null = refuse_null("batch_size", message="must be a number")`` in the class body."""
+
+    def check(cls: type, value: Any) -> Any:
+        if value is None:
+            raise ValueError(message)
+        return value
+
+    return field_validator(*fields, mode="before")(classmethod(check))

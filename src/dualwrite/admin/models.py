@@ -17,7 +17,14 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
-from dualwrite.admin.fields import JSON_NUMBER, NOT_BLANK, JsonBool, Text, schema_extra
+from dualwrite.admin.fields import (
+    JSON_NUMBER,
+    NOT_BLANK,
+    JsonBool,
+    Text,
+    refuse_null,
+    schema_extra,
+)
 from dualwrite.phases import Phase
 
 __all__ = [
@@ -100,12 +107,9 @@ class BackfillKnobs(BaseModel):
     )
     reason: Reason | None = None
 
-    @field_validator(*_KNOB_FIELDS, mode="before")
-    @classmethod
-    def _not_null(cls, value: object) -> object:
-        if value is None:
-            raise ValueError("must be a number (omit the knob to leave it unchanged)")
-        return value
+    _not_null = refuse_null(
+        *_KNOB_FIELDS, message="must be a number (omit the knob to leave it unchanged)"
+    )
 
     @model_validator(mode="after")
     def _some_knob(self) -> BackfillKnobs:
