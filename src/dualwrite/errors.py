@@ -17,7 +17,7 @@ material. The CLI prints ``str(error)`` and exits non-zero; the HTTP layers map 
     └── PhaseError                     a refused phase operation                 (409 unless below)
         ├── UnknownMigrationError      no such migration                         (404)
         ├── UnknownPhaseError          not one of the six phases                 (400)
-        ├── IllegalTransitionError     a move that can never succeed as asked    (400)
+        ├── IllegalTransitionError     not one step from the current phase       (409)
         ├── ReasonRequiredError        ``force`` without a reason                (400)
         ├── GuardsFailedError          guards refuse now; ``failures`` lists them (409)
         ├── TransitionConflictError    a concurrent change won the CAS           (409)

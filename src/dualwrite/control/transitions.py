@@ -19,11 +19,12 @@ Rules (the admin API and ``dualwrite phase set`` share them, because both call t
   :class:`~dualwrite.errors.TransitionConflictError` (HTTP 409). Asking for the phase the
   migration is already in is also a conflict (someone else got there first).
 * **Illegal moves** (skipping a phase, leaving ``finalized`` other than to ``contract``) raise
-  :class:`~dualwrite.errors.IllegalTransitionError` (HTTP 400): no guard can make them legal
-  and ``force`` does not apply.
+  :class:`~dualwrite.errors.IllegalTransitionError` (HTTP 409: whether a target is one step
+  away depends on the current phase): no guard can make them legal and ``force`` does not
+  apply.
 * **Guards.** Every failing guard is listed in :class:`~dualwrite.errors.GuardsFailedError`
   (HTTP 409). ``force=True`` overrides them, and only with a non-empty ``reason``
-  (:class:`ReasonRequiredError`, HTTP 400).
+  (:class:`ReasonRequiredError`; the admin API's request model refuses it first, 422).
 * **Audit.** Every applied change writes one ``dualwrite_audit`` row in the same transaction as
   the CAS (who, when, from/to phase and version, reason, ``forced``, every guard result), and
   ``NOTIFY dualwrite_phase`` is sent on commit. ``forced`` is true when the change went through
