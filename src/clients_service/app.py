@@ -45,7 +45,7 @@ from starlette.exceptions import HTTPException
 from clients_service.repository import ClientsRepository
 from clients_service.routes import Services, clients_router, require_metrics_token
 from clients_service.schema import CLIENTS_PII
-from clients_service.surface import Health, allowed_methods, log_keys
+from clients_service.surface import Health, allowed_methods
 from clients_service.tables import CLIENTS
 from dualwrite.admin import (
     STATE_ATTRIBUTE,
@@ -64,7 +64,7 @@ from dualwrite.errors import (
     UnknownMigrationError,
     is_connection_lost,
 )
-from dualwrite.logs import RequestLog, register_settings_secrets
+from dualwrite.logs import RequestLog, log_keys, register_settings_secrets
 from dualwrite.metrics import Metrics
 from dualwrite.runtime.codec import FieldCodec
 from dualwrite.runtime.table import EncryptedTable

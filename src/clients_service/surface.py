@@ -1,5 +1,5 @@
-"""Pieces of the service's HTTP surface that are not routes: the health answer, the ``Allow``
-header of a 405, the key-load event.
+"""Pieces of the service's HTTP surface that are not routes: the health answer and the
+``Allow`` header of a 405.
 
 >>> order_methods({"PATCH", "GET", "HEAD", "DELETE"})
 ['GET', 'HEAD', 'PATCH', 'DELETE']
@@ -7,19 +7,13 @@ header of a 405, the key-load event.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 from fastapi import Request
 from pydantic import BaseModel
 from starlette.routing import Match
 
-from dualwrite.crypto import BlindIndex, Keyring
-from dualwrite.logs import log_event
-
-__all__ = ["Health", "allowed_methods", "log_keys", "order_methods"]
-
-log = logging.getLogger("clients_service")
+__all__ = ["Health", "allowed_methods", "order_methods"]
 
 _ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
@@ -54,18 +48,3 @@ def allowed_methods(request: Request) -> list[str]:
         for method in _ORDER
         if any(r.matches({**request.scope, "method": method})[0] is Match.FULL for r in routes)
     ]
-
-
-def log_keys(keyring: Keyring | None, bidx: BlindIndex | None, reasons: Sequence[str]) -> None:
-    """The ``keys_loaded`` (or ``keys_unavailable``) event: versions and source, never keys."""
-    if keyring is not None:
-        log_event(
-            log,
-            "keys_loaded",
-            versions=sorted(keyring.versions),
-            current=keyring.current.version,
-            source=keyring.source,
-            blind_index_key=bidx is not None,
-        )
-    if reasons:
-        log_event(log, "keys_unavailable", level=logging.WARNING, reason="; ".join(reasons))

@@ -11,7 +11,7 @@
 """
 
 from dualwrite.logs.access import REQUEST_ID_HEADER, RequestLog
-from dualwrite.logs.events import EVENTS, current_request_id, log_event
+from dualwrite.logs.events import EVENTS, current_request_id, log_event, log_keys
 from dualwrite.logs.format import JsonFormatter, TextFormatter, redact, register_secret
 from dualwrite.logs.setup import (
     register_settings_secrets,
@@ -28,6 +28,7 @@ __all__ = [
     "TextFormatter",
     "current_request_id",
     "log_event",
+    "log_keys",
     "redact",
     "register_secret",
     "register_settings_secrets",

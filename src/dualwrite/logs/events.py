@@ -13,10 +13,14 @@ a token or a SQL parameter. Every event dualwrite emits is listed in :data:`EVEN
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from contextvars import ContextVar
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["EVENTS", "current_request_id", "log_event", "request_id_var"]
+if TYPE_CHECKING:
+    from dualwrite.crypto import BlindIndex, Keyring
+
+__all__ = ["EVENTS", "current_request_id", "log_event", "log_keys", "request_id_var"]
 
 EVENTS: dict[str, str] = {
     "http_request": "one per HTTP request: method, route template, status, duration_ms",
@@ -57,3 +61,20 @@ def log_event(
         logger.log(
             level, message or event.replace("_", " "), extra={"event": event, "fields": fields}
         )
+
+
+def log_keys(keyring: Keyring | None, bidx: BlindIndex | None, reasons: Sequence[str] = ()) -> None:
+    """The ``keys_loaded`` (and ``keys_unavailable``) event of a process: versions held, the
+    current one, where they came from, whether a blind-index key is held -- never key bytes."""
+    log = logging.getLogger("dualwrite.keys")
+    if keyring is not None:
+        log_event(
+            log,
+            "keys_loaded",
+            versions=sorted(keyring.versions),
+            current=keyring.current.version,
+            source=keyring.source,
+            blind_index_key=bidx is not None,
+        )
+    if reasons:
+        log_event(log, "keys_unavailable", level=logging.WARNING, reason="; ".join(reasons))
