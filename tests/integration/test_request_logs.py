@@ -81,14 +81,15 @@ async def test_each_request_is_one_event_with_its_request_id(
 async def test_admin_changes_and_refusals_are_events_of_their_request(
     engine: AsyncEngine, database_url: URL, logged: io.StringIO
 ) -> None:
-    async with running_app(make_settings(database_url), token=None) as (_, http):
+    async with running_app(make_settings(database_url), token=None) as (app, http):
         base = "/admin/migrations/clients_pii"
         r = await http.post(f"{base}/phase", headers={**ADMIN, "X-Request-ID": "move-1"},
                             json={"target": "dual_write", "reason": "go"})  # fmt: skip
         assert r.status_code == 200
+        await set_phase(engine, app, Phase.BACKFILL)  # read_switch then needs a verification
         r = await http.post(f"{base}/phase", headers={**ADMIN, "X-Request-ID": "move-2"},
-                            json={"target": "backfill"})  # fmt: skip
-        assert r.status_code == 409
+                            json={"target": "read_switch"})  # fmt: skip
+        assert r.status_code == 409 and r.json()["failures"]
         r = await http.post(
             f"{base}/gate", headers=ADMIN, json={"phase": "dual_write", "passed": False}
         )
@@ -102,7 +103,8 @@ async def test_admin_changes_and_refusals_are_events_of_their_request(
     assert changed["actor"] == "admin-api:default" and changed["request_id"] == "move-1"
     [refused] = events(logged, "phase_refused")
     assert refused["request_id"] == "move-2" and refused["level"] == "warning"
-    assert refused["to_phase"] == "backfill" and refused["guards"]
+    assert refused["to_phase"] == "read_switch"
+    assert {"verification_passed", "latency_gate_passed"} <= set(refused["guards"])
     [gate] = events(logged, "gate_recorded")
     assert (gate["phase"], gate["passed"], gate["level"]) == ("dual_write", False, "warning")
     [denied] = events(logged, "admin_token_refused")
