@@ -10,11 +10,17 @@ Routes: the clients CRUD (:mod:`clients_service.routes`), the dualwrite admin ro
 (:mod:`dualwrite.admin`, ``/admin/...``, its own ``ADMIN_TOKEN``), ``GET /metrics``
 (Prometheus text format) and ``GET /healthz``.
 
-Errors are one JSON line ``{"detail": "..."}`` without plaintext or key material:
-400/422 bad input, 401 missing token, 404 unknown client or workspace, 413 body larger than
-``MAX_BODY_BYTES``, 500 a stored value that does not decrypt (generic message), 503 when this
-instance cannot encrypt or decrypt (no usable key) -- nothing is written then -- or when the
-database is unreachable.
+Errors are one JSON line ``{"detail": "..."}`` (:class:`~dualwrite.admin.models.ErrorBody`, the
+one error model the OpenAPI schema declares for every 4xx/5xx) without plaintext or key material:
+400/422 bad input, 401 missing token, 404 unknown client or workspace, 405 with an ``Allow``
+header listing every method of the path, 413 body larger than ``MAX_BODY_BYTES``, 500 a stored
+value that does not decrypt (generic message), 503 when this instance cannot encrypt or decrypt
+(no usable key) -- nothing is written then -- or when the database is unreachable.
+
+Logs: one ``http_request`` event per request (:class:`dualwrite.logs.RequestLog`: request id
+from or to ``X-Request-ID``, route template, status, duration) and a ``keys_loaded`` event at
+start; every secret of the settings is registered for redaction. ``GET /metrics`` is open unless
+``METRICS_TOKEN`` is set.
 
 An instance without a usable keyring still starts (it can serve a migration in ``plaintext``);
 every request that needs a key is refused with 503 and the reason.
@@ -29,17 +35,25 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.exc import DBAPIError
+from starlette.exceptions import HTTPException
 
 from clients_service.repository import ClientsRepository
-from clients_service.routes import Services, router
+from clients_service.routes import Services, clients_router, require_metrics_token
 from clients_service.schema import CLIENTS_PII
+from clients_service.surface import Health, allowed_methods
 from clients_service.tables import CLIENTS
-from dualwrite.admin import STATE_ATTRIBUTE, AdminContext, admin_router
+from dualwrite.admin import (
+    STATE_ATTRIBUTE,
+    AdminContext,
+    TokenSource,
+    admin_router,
+    error_responses,
+)
 from dualwrite.config import Settings, load_settings
 from dualwrite.crypto import BlindIndex, FieldCipher, Keyring, load_keyring
 from dualwrite.db import open_engine
@@ -50,6 +64,7 @@ from dualwrite.errors import (
     UnknownMigrationError,
     is_connection_lost,
 )
+from dualwrite.logs import RequestLog, log_keys, register_settings_secrets
 from dualwrite.metrics import Metrics
 from dualwrite.runtime.codec import FieldCodec
 from dualwrite.runtime.table import EncryptedTable
@@ -83,6 +98,7 @@ def _keys(
         reasons.append(str(exc))
     if keyring is not None:
         metrics.set_keyring(keyring)
+    log_keys(keyring, bidx, reasons)
     return keyring, bidx, "; ".join(reasons) or None
 
 
@@ -92,6 +108,8 @@ def create_app(settings: Settings | None = None, *, metrics: Metrics | None = No
     settings = settings if settings is not None else load_settings()
     metrics = metrics if metrics is not None else Metrics()
     spec = CLIENTS_PII
+    register_settings_secrets(settings)  # never in a log line of this process
+    tokens = TokenSource(settings)  # a malformed token configuration fails here, at start
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -127,7 +145,9 @@ def create_app(settings: Settings | None = None, *, metrics: Metrics | None = No
             app.state.services = Services(settings, watcher, repository, spec.name)
             app.state.watcher, app.state.codec, app.state.engine = watcher, codec, engine
             current = keyring.current.version if keyring else None
-            admin = AdminContext(engine, settings, keyring_current=current, watcher=watcher)
+            admin = AdminContext(
+                engine, settings, keyring_current=current, watcher=watcher, tokens=tokens
+            )
             setattr(app.state, STATE_ATTRIBUTE, admin)
             await watcher.start()
             try:
@@ -139,15 +159,20 @@ def create_app(settings: Settings | None = None, *, metrics: Metrics | None = No
     app.state.settings, app.state.metrics = settings, metrics
     token = settings.api_token.get_secret_value() if settings.api_token else None
     app.state.api_token = token.encode() if token else None
-    app.include_router(router)
+    app.include_router(clients_router(token_required=token is not None))
     app.include_router(admin_router())
     _add_error_handlers(app)
 
-    @app.get("/metrics", include_in_schema=False)
+    @app.get("/metrics", include_in_schema=False, dependencies=[Depends(require_metrics_token)])
     async def prometheus_metrics() -> Response:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/healthz")
+    @app.get(
+        "/healthz",
+        operation_id="health",
+        response_model=Health,
+        responses=error_responses(500, 503),
+    )
     async def healthz(request: Request) -> dict[str, Any]:
         """Liveness plus what this instance observes (phase, version, whether it can encrypt)."""
         state = request.app.state.watcher.state(spec.name)
@@ -160,6 +185,7 @@ def create_app(settings: Settings | None = None, *, metrics: Metrics | None = No
         }
 
     app.add_middleware(RequestEdge, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestLog)  # outermost: logs every answer, 413s included
     return app
 
 
@@ -200,6 +226,16 @@ def _add_error_handlers(app: FastAPI) -> None:
         log.error("unexpected error: %s", type(exc).__name__)
         return JSONResponse({"detail": "internal error"}, status_code=500)
 
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # every method of the path, not only the first route's
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        if exc.status_code in (204, 304):
+            return Response(status_code=exc.status_code, headers=headers)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+
+    app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(EncryptionUnavailableError, unavailable)
     app.add_exception_handler(UnknownMigrationError, unregistered)

@@ -4,6 +4,9 @@ Limits (characters): names 200, email 320, phone 50, address 1000, medical histo
 emergency contact name 200 / phone 50. Text must be valid Unicode without NUL characters (what
 PostgreSQL ``text`` and UTF-8 can store). ``first_name`` and ``last_name`` are required on
 create and cannot be cleared; the other fields may be ``null``. Unknown fields are refused.
+Every rule is stated in the OpenAPI schema with the regex the validation uses
+(:mod:`dualwrite.admin.fields`), so a body the schema allows is accepted. Names, email and
+phone numbers are stripped of surrounding whitespace once valid.
 
 >>> ClientCreate(first_name="Ada", last_name="Lovelace", email=" ada@example.com ").email
 'ada@example.com'
@@ -13,19 +16,19 @@ create and cannot be cleared; the other fields may be ``null``. Unknown fields a
 
 from __future__ import annotations
 
-import re
 import uuid
 from datetime import datetime
 from typing import Annotated
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
-    StringConstraints,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
+
+from dualwrite.admin.fields import NO_NUL, NOT_BLANK, WHITESPACE, Text, refuse_null, schema_extra
 
 LIMITS: dict[str, int] = {
     "first_name": 200,
@@ -37,97 +40,93 @@ LIMITS: dict[str, int] = {
     "emergency_contact_name": 200,
     "emergency_contact_phone": 50,
 }
-"""Maximum length in characters of each field."""
+"""Maximum length in characters of each field (of the value as sent, spaces included)."""
 
-_EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
-_PHONE = re.compile(r"[0-9+().\-/ ]*[0-9][0-9+().\-/ x]*")
+_NOT_WS_NUL_AT = rf"[^@\u0000{WHITESPACE}]"
+EMAIL_PATTERN = rf"^[{WHITESPACE}]*{_NOT_WS_NUL_AT}+@{_NOT_WS_NUL_AT}+[{WHITESPACE}]*$"
+"""Something@something, no spaces inside (surrounding whitespace is stripped)."""
+PHONE_PATTERN = rf"^[{WHITESPACE}]*[0-9+().\-/ ]*[0-9][0-9+().\-/ x]*[{WHITESPACE}]*$"
+"""Digits, spaces and ``+ ( ) - . /`` (and ``x`` for an extension after the first digit)."""
 
-
-def _storable(value: str) -> str:
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("is not valid Unicode (lone surrogate)") from None
-    return value
-
-
-def _email(value: str) -> str:
-    if not _EMAIL.fullmatch(value):
-        raise ValueError("is not an email address")
-    return value
-
-
-def _phone(value: str) -> str:
-    if not _PHONE.fullmatch(value):
-        raise ValueError("is not a phone number (digits, spaces and + ( ) - . / only)")
-    return value
-
-
-_Storable = AfterValidator(_storable)
-Name = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), _Storable
+Name = Annotated[str, Text(200, pattern=NOT_BLANK, message="must not be blank", strip=True)]
+OptName = Annotated[str, Text(200, pattern=NO_NUL, strip=True)]
+Email = Annotated[
+    str, Text(320, pattern=EMAIL_PATTERN, message="is not an email address", strip=True)
 ]
-OptName = Annotated[str, StringConstraints(strip_whitespace=True, max_length=200), _Storable] | None
-Email = (
-    Annotated[
-        str,
-        StringConstraints(strip_whitespace=True, min_length=1, max_length=320),
-        _Storable,
-        AfterValidator(_email),
-    ]
-    | None
-)
-Phone = (
-    Annotated[
-        str,
-        StringConstraints(strip_whitespace=True, min_length=1, max_length=50),
-        _Storable,
-        AfterValidator(_phone),
-    ]
-    | None
-)
-Address = Annotated[str, StringConstraints(max_length=1000), _Storable] | None
-History = Annotated[str, StringConstraints(max_length=100_000), _Storable] | None
+Phone = Annotated[
+    str,
+    Text(
+        50,
+        pattern=PHONE_PATTERN,
+        message="is not a phone number (digits, spaces and + ( ) - . / only)",
+        strip=True,
+    ),
+]
+Address = Annotated[str, Text(1000)]
+History = Annotated[str, Text(100_000)]
 
 
 class ClientFields(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+    model_config = ConfigDict(extra="forbid", json_schema_extra=schema_extra())
 
 
 class ClientCreate(ClientFields):
     """``POST /workspaces/{ws}/clients``."""
 
+    model_config = ConfigDict(
+        json_schema_extra=schema_extra(
+            examples=[
+                {
+                    "first_name": "Ada",
+                    "last_name": "Lovelace",
+                    "email": "ada@example.org",
+                    "phone": "+44 20 7946 0958",
+                    "address": "12 Analytical St, London",
+                    "medical_history": "no known allergies",
+                    "emergency_contact_name": "Charles Babbage",
+                    "emergency_contact_phone": "+44 20 7946 0000",
+                }
+            ]
+        )
+    )
+
     first_name: Name
     last_name: Name
-    email: Email = None
-    phone: Phone = None
-    address: Address = None
-    medical_history: History = None
-    emergency_contact_name: OptName = None
-    emergency_contact_phone: Phone = None
+    email: Email | None = None
+    phone: Phone | None = None
+    address: Address | None = None
+    medical_history: History | None = None
+    emergency_contact_name: OptName | None = None
+    emergency_contact_phone: Phone | None = None
+
+
+_REQUIRED_NAMES = ("first_name", "last_name")
 
 
 class ClientPatch(ClientFields):
-    """``PATCH /workspaces/{ws}/clients/{id}``: only the fields given change (``null`` clears)."""
+    """``PATCH /workspaces/{ws}/clients/{id}``: only the fields given change (``null`` clears;
+    ``first_name`` and ``last_name`` cannot be cleared, so they are never ``null``)."""
 
-    first_name: Name | None = None
-    last_name: Name | None = None
-    email: Email = None
-    phone: Phone = None
-    address: Address = None
-    medical_history: History = None
-    emergency_contact_name: OptName = None
-    emergency_contact_phone: Phone = None
+    model_config = ConfigDict(
+        json_schema_extra=schema_extra(
+            minProperties=1, examples=[{"phone": "+44 20 7946 0001", "address": None}]
+        )
+    )
+    first_name: Name | SkipJsonSchema[None] = None
+    last_name: Name | SkipJsonSchema[None] = None
+    email: Email | None = None
+    phone: Phone | None = None
+    address: Address | None = None
+    medical_history: History | None = None
+    emergency_contact_name: OptName | None = None
+    emergency_contact_phone: Phone | None = None
+
+    _not_cleared = refuse_null(*_REQUIRED_NAMES, message="cannot be cleared")
 
     @model_validator(mode="after")
     def _check(self) -> ClientPatch:
         if not self.model_fields_set:
             raise ValueError("give at least one field to change")
-        for name in ("first_name", "last_name"):
-            if name in self.model_fields_set and getattr(self, name) is None:
-                raise ValueError(f"{name} cannot be cleared")
         return self
 
     def changes(self) -> dict[str, str | None]:

@@ -2,16 +2,26 @@
 
 Each handler takes ONE phase snapshot (``watcher.behaviour``) at its start and uses it for its
 one statement, so a phase change mid-request can never mix two phases in one write.
+
+The OpenAPI schema states what the routes do: every status each can answer (errors are one
+:class:`~dualwrite.admin.models.ErrorBody` line), the ``ApiToken`` bearer scheme and 401 only
+when ``API_TOKEN`` is set, and links from a created, listed or searched client to the routes
+that read, change and delete it (:func:`clients_router`).
 """
 
 from __future__ import annotations
 
 import hmac
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPBearer
+from starlette.routing import Match
+from starlette.types import Scope
 
 from clients_service.models import (
     LIMITS,
@@ -22,9 +32,13 @@ from clients_service.models import (
     SearchResult,
 )
 from clients_service.repository import ClientsRepository
+from dualwrite.admin import error_responses
+from dualwrite.admin.fields import NOT_BLANK
 from dualwrite.config import Settings
 from dualwrite.phases import Behaviour
 from dualwrite.runtime.watcher import PhaseWatcher
+
+__all__ = ["Services", "clients_router", "require_metrics_token", "require_token"]
 
 
 @dataclass(slots=True)
@@ -45,14 +59,15 @@ def services(request: Request) -> Services:
     return found
 
 
+def _bearer_matches(request: Request, expected: bytes) -> bool:
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected)
+
+
 def require_token(request: Request) -> None:
     """When ``API_TOKEN`` is set, require ``Authorization: Bearer <token>`` (constant time)."""
     expected = request.app.state.api_token
-    if expected is None:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+    if expected is not None and not _bearer_matches(request, expected):
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "missing or wrong API token (send Authorization: Bearer <API_TOKEN>)",
@@ -60,24 +75,88 @@ def require_token(request: Request) -> None:
         )
 
 
-router = APIRouter(
-    prefix="/workspaces/{workspace_id}/clients", dependencies=[Depends(require_token)]
-)
+def require_metrics_token(request: Request) -> None:
+    """When ``METRICS_TOKEN`` is set, ``GET /metrics`` needs ``Authorization: Bearer <it>``;
+    unset (the default), the route stays open, as a Prometheus scrape expects."""
+    settings: Settings = request.app.state.settings
+    if settings.metrics_token is None:
+        return
+    if not _bearer_matches(request, settings.metrics_token.get_secret_value().encode()):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing or wrong metrics token (send Authorization: Bearer <METRICS_TOKEN>)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
 Svc = Annotated[Services, Depends(services)]
 _NOT_FOUND = "no such client in this workspace"
+_WHY = {
+    400: "malformed body, or not exactly one search criterion",
+    404: "no such client (or workspace) — another workspace's clients are never visible",
+    413: "body larger than MAX_BODY_BYTES",
+    422: "a parameter or body that does not match the schema",
+    500: "internal error: a stored value could not be read (generic message)",
+    503: "this instance cannot encrypt now, the migration is not registered, or the database"
+    " is unreachable; nothing was written",
+}
+_SEARCH_PATTERNS = {"email": NOT_BLANK, "phone": r"^[^\u0000]*[0-9][^\u0000]*$", "name": NOT_BLANK}
+_SEARCH_CRITERIA = {
+    "name": "criteria",
+    "in": "query",
+    "required": True,
+    "style": "form",
+    "explode": True,
+    "description": "exactly one of email, phone (exact after normalisation) or name "
+    '(case-insensitive substring of "first last")',
+    "schema": {
+        "type": "object",
+        "properties": {
+            field: {
+                "type": "string",
+                "maxLength": LIMITS[limit],
+                "pattern": _SEARCH_PATTERNS[field],
+            }
+            for field, limit in (("email", "email"), ("phone", "phone"), ("name", "first_name"))
+        },
+        "minProperties": 1,
+        "maxProperties": 1,
+    },
+}
+
+
+class _ClientRoute(APIRoute):
+    """A ``/{client_id}`` route that does not match ``search``: ``PATCH .../search`` is then a
+    405 of the search route (with its ``Allow``), not a malformed client id."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        if match is not Match.NONE and child.get("path_params", {}).get("client_id") == "search":
+            return Match.NONE, {}
+        return match, child
 
 
 def _not_found() -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, _NOT_FOUND)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=Client)
+def _client_links(client_id: str) -> dict[str, Any]:
+    params = {"workspace_id": "$request.path.workspace_id", "client_id": client_id}
+    return {
+        op: {"operationId": op, "parameters": params, "description": what}
+        for op, what in (
+            ("getClient", "read this client"),
+            ("updateClient", "change this client"),
+            ("deleteClient", "delete this client"),
+        )
+    }
+
+
 async def create_client(workspace_id: uuid.UUID, body: ClientCreate, svc: Svc) -> Any:
     """Create a client; answers 201 with the client (its new ``id`` included)."""
     return await svc.repository.create(svc.behaviour(), workspace_id, body.model_dump())
 
 
-@router.get("", response_model=ClientPage)
 async def list_clients(
     workspace_id: uuid.UUID,
     svc: Svc,
@@ -92,13 +171,16 @@ async def list_clients(
     return {"items": items, "next_after": next_after}
 
 
-@router.get("/search", response_model=SearchResult)
+def _hidden(limit: int) -> Any:
+    return Query(max_length=limit, include_in_schema=False)  # documented as ``criteria``
+
+
 async def search_clients(
     workspace_id: uuid.UUID,
     svc: Svc,
-    email: Annotated[str | None, Query(max_length=LIMITS["email"])] = None,
-    phone: Annotated[str | None, Query(max_length=LIMITS["phone"])] = None,
-    name: Annotated[str | None, Query(max_length=LIMITS["first_name"])] = None,
+    email: Annotated[str | None, _hidden(LIMITS["email"])] = None,
+    phone: Annotated[str | None, _hidden(LIMITS["phone"])] = None,
+    name: Annotated[str | None, _hidden(LIMITS["first_name"])] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> Any:
     """Exactly one of ``email``/``phone`` (exact after normalisation) or ``name``
@@ -107,11 +189,7 @@ async def search_clients(
     if len(given) != 1:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "give exactly one of email, phone or name")
     ((field, value),) = given.items()
-    if (
-        not value.strip()
-        or "\x00" in value
-        or (field == "phone" and not any(c.isdigit() for c in value))
-    ):
+    if not re.fullmatch(_SEARCH_PATTERNS[field], value):
         raise HTTPException(status.HTTP_400_BAD_REQUEST, f"search {field} must not be empty")
     b, repo = svc.behaviour(), svc.repository
     if field == "name":
@@ -123,7 +201,6 @@ async def search_clients(
     return {"items": items}
 
 
-@router.get("/{client_id}", response_model=Client)
 async def get_client(workspace_id: uuid.UUID, client_id: uuid.UUID, svc: Svc) -> Any:
     found = await svc.repository.get(svc.behaviour(), workspace_id, client_id)
     if found is None:
@@ -131,7 +208,6 @@ async def get_client(workspace_id: uuid.UUID, client_id: uuid.UUID, svc: Svc) ->
     return found
 
 
-@router.patch("/{client_id}", response_model=Client)
 async def update_client(
     workspace_id: uuid.UUID, client_id: uuid.UUID, body: ClientPatch, svc: Svc
 ) -> Any:
@@ -142,9 +218,50 @@ async def update_client(
     return found
 
 
-@router.delete("/{client_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_client(workspace_id: uuid.UUID, client_id: uuid.UUID, svc: Svc) -> Response:
     """Soft delete (``is_active = false``); the client then answers 404 everywhere."""
     if not await svc.repository.deactivate(workspace_id, client_id):
         raise _not_found()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def clients_router(*, token_required: bool) -> APIRouter:
+    """The clients routes; ``token_required`` (``API_TOKEN`` set) adds the ``ApiToken`` scheme
+    and 401 to the schema."""
+    dependencies = [Depends(require_token)]
+    if token_required:  # documents the scheme; require_token enforces it
+        scheme = HTTPBearer(auto_error=False, scheme_name="ApiToken", description="API_TOKEN")
+        dependencies.insert(0, Depends(scheme))
+    router = APIRouter(prefix="/workspaces/{workspace_id}/clients", dependencies=dependencies)
+    auth = (401,) if token_required else ()
+
+    def errors(*codes: int) -> dict[int | str, Any]:
+        return error_responses(*sorted({*codes, *auth, 422, 500, 503}), why=_WHY)
+
+    first = "$response.body#/items/0/id"
+    routes: list[tuple[str, str, Any, str, int, Any, dict[int | str, Any]]] = [
+        ("", "POST", create_client, "createClient", 201, Client,
+         {201: {"links": _client_links("$response.body#/id")}, **errors(400, 413)}),
+        ("", "GET", list_clients, "listClients", 200, ClientPage,
+         {200: {"links": _client_links(first)}, **errors(404)}),
+        ("/search", "GET", search_clients, "searchClients", 200, SearchResult,
+         {200: {"links": _client_links(first)}, **errors(400, 404)}),
+        ("/{client_id}", "GET", get_client, "getClient", 200, Client,
+         {200: {"links": _client_links("$request.path.client_id")}, **errors(404)}),
+        ("/{client_id}", "PATCH", update_client, "updateClient", 200, Client,
+         {200: {"links": _client_links("$request.path.client_id")}, **errors(400, 404, 413)}),
+        ("/{client_id}", "DELETE", delete_client, "deleteClient", 204, None, errors(404)),
+    ]  # fmt: skip
+    for path, method, endpoint, op, code, model, responses in routes:
+        router.add_api_route(
+            path,
+            endpoint,
+            methods=[method],
+            operation_id=op,
+            status_code=code,
+            response_model=model,
+            responses=responses,
+            openapi_extra={"parameters": [_SEARCH_CRITERIA]} if op == "searchClients" else None,
+            route_class_override=_ClientRoute if "{client_id}" in path else None,
+        )
+    return router

@@ -14,8 +14,9 @@ True
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dualwrite.errors import ConfigError
@@ -61,11 +62,28 @@ class Settings(BaseSettings):
     reference_demo: str = "clients_service.demo:run_demo"
     reference_gate_thresholds: str = "clients_service.gate:thresholds_ms"
 
-    # --- HTTP -----------------------------------------------------------------------------
-    admin_token: SecretStr | None = None
+    # --- HTTP (admin tokens: see dualwrite.admin.tokens) -----------------------------------
+    admin_token: SecretStr | None = Field(
+        default=None, description="one operator token, named 'default' in the audit log"
+    )
+    admin_tokens: SecretStr | None = Field(
+        default=None, description="name:scope:token,... (scope read or operator)"
+    )
+    admin_tokens_file: Path | None = Field(
+        default=None, description="ADMIN_TOKENS entries, one per line; re-read when it changes"
+    )
     api_token: SecretStr | None = None
+    metrics_token: SecretStr | None = Field(
+        default=None, description="require Authorization: Bearer <it> on GET /metrics"
+    )
     shadow_read_sample_rate: float = Field(default=0.01, ge=0.0, le=1.0)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+
+    # --- logs (see dualwrite.logs) --------------------------------------------------------
+    log_format: Literal["auto", "json", "text"] = Field(
+        default="auto", description="auto = JSON lines unless stderr is a terminal"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     # --- backfill -------------------------------------------------------------------------
     backfill_batch_size: int = Field(default=1000, ge=1, le=100_000)
@@ -73,6 +91,11 @@ class Settings(BaseSettings):
     backfill_sleep_ratio: float = Field(default=0.0, ge=0)
     backfill_max_active_backends: int = Field(default=0, ge=0)
     backfill_max_replication_lag_seconds: float = Field(default=0.0, ge=0)
+
+    @field_validator("log_format", "log_level", mode="before")
+    @classmethod
+    def _lower_case(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -121,9 +121,18 @@ def describe_url(url: URL) -> str:
 
 
 def make_engine(url: URL, settings: Settings | None = None, **kwargs: Any) -> AsyncEngine:
-    """An :class:`AsyncEngine` for ``url`` sized from ``settings``."""
+    """An :class:`AsyncEngine` for ``url`` sized from ``settings``.
+
+    ``hide_parameters=True`` unless asked otherwise: SQLAlchemy's error messages (and its SQL
+    log) then never quote a statement's parameters, which hold plaintext values.
+    """
     pool = settings.db_pool_size if settings else 10
-    opts: dict[str, Any] = {"pool_size": pool, "max_overflow": pool, "pool_pre_ping": True}
+    opts: dict[str, Any] = {
+        "pool_size": pool,
+        "max_overflow": pool,
+        "pool_pre_ping": True,
+        "hide_parameters": True,
+    }
     opts.update(kwargs)
     return create_async_engine(url, **opts)
 

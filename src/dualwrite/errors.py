@@ -17,7 +17,7 @@ material. The CLI prints ``str(error)`` and exits non-zero; the HTTP layers map 
     └── PhaseError                     a refused phase operation                 (409 unless below)
         ├── UnknownMigrationError      no such migration                         (404)
         ├── UnknownPhaseError          not one of the six phases                 (400)
-        ├── IllegalTransitionError     a move that can never succeed as asked    (400)
+        ├── IllegalTransitionError     not one step from the current phase       (409)
         ├── ReasonRequiredError        ``force`` without a reason                (400)
         ├── GuardsFailedError          guards refuse now; ``failures`` lists them (409)
         ├── TransitionConflictError    a concurrent change won the CAS           (409)
@@ -25,7 +25,8 @@ material. The CLI prints ``str(error)`` and exits non-zero; the HTTP layers map 
 
 Lower layers (asyncpg, SQLAlchemy, the OS) are mapped in one place:
 :func:`is_connection_lost` decides whether an exception means "the database went away" (retry,
-or answer 503) rather than a bug.
+or answer 503) rather than a bug, and :func:`describe` names one in a line that quotes no data
+(a driver's message can quote a query argument, which may be plaintext).
 
 >>> try:
 ...     raise ConfigError("ENCRYPTION_KEY is not valid base64")
@@ -38,6 +39,7 @@ ENCRYPTION_KEY is not valid base64
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -60,6 +62,7 @@ __all__ = [
     "TransitionConflictError",
     "UnknownMigrationError",
     "UnknownPhaseError",
+    "describe",
     "is_connection_lost",
 ]
 
@@ -198,3 +201,23 @@ def is_connection_lost(exc: BaseException) -> bool:
         return True
     orig = getattr(exc, "orig", None)
     return isinstance(orig, BaseException) and orig is not exc and is_connection_lost(orig)
+
+
+_ARGUMENT = re.compile(r"(query argument \$\d+)\b.*", re.DOTALL)
+
+
+def describe(exc: BaseException) -> str:
+    """One line naming a lower-layer error without the data it may quote.
+
+    Only the first line is kept (PostgreSQL's ``DETAIL: Key (email)=(...)`` and ``Failing row
+    contains (...)`` follow on later lines), and asyncpg's ``invalid input for query argument
+    $1: <the value>`` loses the value.
+
+    >>> describe(ValueError("invalid input for query argument $2: 'ada@example.org' (bad)"))
+    'ValueError: invalid input for query argument $2 (value not shown)'
+    >>> describe(KeyError())
+    'KeyError'
+    """
+    lines = str(exc).strip().splitlines()
+    first = _ARGUMENT.sub(r"\1 (value not shown)", lines[0]) if lines else ""
+    return f"{type(exc).__name__}: {first}"[:300] if first else type(exc).__name__

@@ -26,7 +26,7 @@ _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,50}$")
 
 
 def _check_identifier(what: str, value: str) -> None:
-    if not _IDENT.match(value):
+    if not _IDENT.fullmatch(value):  # fullmatch: "$" alone would let a trailing newline in
         raise ValueError(
             f"{what} {value!r} must be a lower-case SQL identifier of at most 51 chars"
         )

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -76,3 +78,26 @@ async def wait_healthy(base: str, process: Process, timeout: float = 60) -> None
             return False
 
     await eventually(probe, bool, timeout=timeout, what=f"{base}/healthz")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@asynccontextmanager
+async def served(
+    env: Mapping[str, str], *args: str, log_file: Path | None = None, ready_seconds: float = 60.0
+) -> AsyncIterator[str]:
+    """``dualwrite serve`` with ``env`` on a free port; yields its base URL once ``/healthz``
+    answers 200. Its output (the logs) goes to ``log_file`` (default: a temporary file)."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="dualwrite-serve-") as tmp:
+        target = log_file or Path(tmp) / "serve.log"
+        async with dualwrite_process(
+            env, target.parent, target.stem, "serve", "--port", str(port), *args
+        ) as process:
+            base = f"http://127.0.0.1:{port}"
+            await wait_healthy(base, process, timeout=ready_seconds)
+            yield base

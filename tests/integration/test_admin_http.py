@@ -74,7 +74,7 @@ async def test_auth_is_required_and_never_open(
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://a") as c:
         for method, url in (("GET", "/admin/migrations"), ("POST", PHASE_URL)):
             r = await c.request(method, url, headers=AUTH, json={"target": "dual_write"})
-            assert r.status_code == 503 and "ADMIN_TOKEN is not set" in one_line(r)
+            assert r.status_code == 503 and "ADMIN_TOKENS_FILE is not set" in one_line(r)
     app = app_with(None, via_state=True)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://a") as c:
         assert (await c.get("/admin/migrations", headers=AUTH)).status_code == 503
@@ -112,7 +112,7 @@ async def test_phase_change_and_audit(engine: AsyncEngine, client: httpx.AsyncCl
     r = await client.get("/admin/audit", headers=AUTH, params={"migration": NAME, "limit": 5})
     [row] = r.json()["records"]
     assert (row["actor"], row["outcome"], row["from_phase"], row["to_phase"], row["forced"]) == (
-        "admin-api:alice",
+        "admin-api:default:alice",
         "applied",
         "plaintext",
         "dual_write",
@@ -124,11 +124,14 @@ async def test_phase_change_and_audit(engine: AsyncEngine, client: httpx.AsyncCl
 
 BAD_PHASE_REQUESTS: list[tuple[bytes, int, str]] = [
     (b'{"target": "dual_write"', 400, "malformed JSON body"),
-    (b'{"target": "encrypted"}', 400, "unknown phase 'encrypted'"),
-    (b'{"target": "backfill"}', 400, "cannot skip from plaintext to backfill"),
-    (b'{"target": "backfill", "force": true, "reason": "x"}', 400, "cannot skip"),
-    (b'{"target": "dual_write", "force": true}', 400, "needs a reason"),
-    (b'{"target": "dual_write", "force": true, "reason": " "}', 400, "needs a reason"),
+    (b'{"target": "encrypted"}', 422, "invalid target: Input should be 'plaintext'"),
+    (b'{"target": "backfill"}', 409, "cannot skip from plaintext to backfill"),
+    (b'{"target": "backfill", "force": true, "reason": "x"}', 409, "cannot skip"),
+    (b'{"target": "dual_write", "force": true}', 422, "needs a reason"),
+    (b'{"target": "dual_write", "force": true, "reason": " "}', 422, "needs a reason"),
+    (b'{"target": "dual_write", "force": 1, "reason": "x"}', 422, "invalid force"),
+    (b'{"target": "dual_write", "expected_version": "1"}', 422, "invalid expected_version"),
+    (b'{"target": "dual_write", "reason": "nul\\u0000"}', 422, "NUL"),
     (b'{"reason": "no target"}', 422, "invalid target: Field required"),
     (b'{"target": "dual_write", "bogus": 1}', 422, "invalid bogus"),
     (b'{"target": "dual_write", "expected_version": 9}', 409, "re-read and retry"),
@@ -230,7 +233,10 @@ async def test_backfill_knobs(engine: AsyncEngine, client: httpx.AsyncClient) ->
         ({"max_rows_per_second": -1}, 422),
         ({"sleep_ratio": 1000}, 422),
         ({"workers": 3}, 422),
-        ({}, 400),
+        ({}, 422),
+        ({"reason": "only a reason"}, 422),
+        ({"batch_size": None}, 422),
+        ({"batch_size": True}, 422),
     ):
         r = await client.patch(base, headers=AUTH, json=bad)
         assert r.status_code == status, (bad, r.text)
@@ -252,7 +258,9 @@ async def test_gate_results_feed_the_guards(engine: AsyncEngine, client: httpx.A
     d = (await client.get(f"/admin/migrations/{NAME}", headers=AUTH)).json()
     assert d["last_gate"]["phase"] == "plaintext" and d["last_gate"]["passed"] is True
     r = await client.post(url, headers=AUTH, json={"phase": "nope", "passed": True})
-    assert r.status_code == 400
+    assert r.status_code == 422
+    r = await client.post(url, headers=AUTH, json={"phase": "plaintext", "passed": 1})
+    assert r.status_code == 422
     r = await client.post(url, headers=AUTH, json={"phase": "backfill"})
     assert r.status_code == 422
     r = await client.post(
@@ -293,6 +301,15 @@ async def test_openapi_documents_routes_and_bearer_scheme(client: httpx.AsyncCli
     ):
         op = paths[path][method]
         assert op["security"] == [{"AdminToken": []}]
-        assert {"401", "404", "409"} <= set(op["responses"])
+        codes = set(op["responses"])
+        assert {"401", "500", "503"} <= codes
+        assert ({"403", "413"} <= codes) is (method != "get")  # changes need an operator token
+        for code, answer in op["responses"].items():
+            if code >= "400":  # one error model for every 4xx/5xx, validation errors included
+                ref = answer["content"]["application/json"]["schema"]["$ref"]
+                assert ref == "#/components/schemas/ErrorBody", (path, code)
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
     phase_op = paths["/admin/migrations/{name}/phase"]["post"]
-    assert "requestBody" in phase_op
+    assert "requestBody" in phase_op and "409" in phase_op["responses"]
+    links = paths["/admin/migrations"]["get"]["responses"]["200"]["links"]
+    assert links["setPhase"]["parameters"] == {"name": "$response.body#/migrations/0/name"}

@@ -232,3 +232,36 @@ async def test_write_refused_without_the_current_key(
         assert r.status_code == 503
         assert await raw_rows(engine) == before and await count_rows(engine) == 1
         assert (await http.get("/healthz")).json()["can_encrypt"] is False
+
+
+async def test_openapi_tells_the_truth_about_the_clients_routes(database_url: URL) -> None:
+    async with running_app(make_settings(database_url), token=None) as (_, http):
+        open_spec = (await http.get("/openapi.json")).json()
+    async with running_app(make_settings(database_url, api_token=TOKEN)) as (_, http):
+        guarded_spec = (await http.get("/openapi.json")).json()
+    base = "/workspaces/{workspace_id}/clients"
+    item = base + "/{client_id}"
+    paths = open_spec["paths"]
+    for path, method in ((base, "post"), (base, "get"), (f"{base}/search", "get"),
+                         (item, "get"), (item, "patch"), (item, "delete")):  # fmt: skip
+        op = paths[path][method]
+        assert "security" not in op and "401" not in op["responses"]  # no API_TOKEN: open
+        assert {"422", "500", "503"} <= set(op["responses"])
+        for code, answer in op["responses"].items():
+            if code >= "400":
+                ref = answer["content"]["application/json"]["schema"]["$ref"]
+                assert ref == "#/components/schemas/ErrorBody"
+        guarded = guarded_spec["paths"][path][method]
+        assert guarded["security"] == [{"ApiToken": []}] and "401" in guarded["responses"]
+    created = paths[base]["post"]["responses"]["201"]["links"]
+    assert set(created) == {"getClient", "updateClient", "deleteClient"}
+    assert created["getClient"]["parameters"]["client_id"] == "$response.body#/id"
+    listed = paths[base]["get"]["responses"]["200"]["links"]
+    assert listed["deleteClient"]["parameters"]["client_id"] == "$response.body#/items/0/id"
+    [criteria] = [
+        p for p in paths[f"{base}/search"]["get"]["parameters"] if p["name"] == "criteria"
+    ]
+    assert criteria["explode"] and criteria["schema"]["maxProperties"] == 1
+    patch = open_spec["components"]["schemas"]["ClientPatch"]
+    assert patch["minProperties"] == 1 and patch["properties"]["first_name"]["type"] == "string"
+    assert "HTTPValidationError" not in open_spec["components"]["schemas"]

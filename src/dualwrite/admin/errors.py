@@ -8,9 +8,10 @@
 >>> r.status_code, r.body
 (409, b'{"detail":"refused","failures":[{"guard":"fleet_on_key","reason":"1 instance lacks v2"}]}')
 
-Status codes: 404 unknown migration; 400 unknown phase, illegal move, ``force`` without a reason,
-:class:`~dualwrite.errors.RequestError`; 409 failing guards and other refusals that depend on the
-current state; 503 database unavailable; 500 misconfigured server.
+Status codes: 404 unknown migration; 400 unknown phase, ``force`` without a reason,
+:class:`~dualwrite.errors.RequestError` (the request models refuse these with 422 first); 409
+failing guards, a move that is not one step from the current phase, and other refusals that
+depend on the current state; 503 database unavailable; 500 misconfigured server.
 """
 
 from __future__ import annotations
@@ -53,10 +54,10 @@ def validation_error_response(exc: RequestValidationError) -> JSONResponse:
 def dualwrite_error_response(exc: DualwriteError) -> JSONResponse:
     if isinstance(exc, UnknownMigrationError):
         return error_response(404, str(exc))
-    if isinstance(
-        exc, UnknownPhaseError | IllegalTransitionError | ReasonRequiredError | RequestError
-    ):
+    if isinstance(exc, UnknownPhaseError | ReasonRequiredError | RequestError):
         return error_response(400, str(exc))
+    if isinstance(exc, IllegalTransitionError):  # legal or not depends on the current phase
+        return error_response(409, str(exc))
     if isinstance(exc, GuardsFailedError):
         failures = [{"guard": f.name, "reason": f.reason} for f in exc.failures]
         return error_response(409, str(exc), failures=failures)

@@ -15,7 +15,6 @@ from dualwrite.admin.models import BackfillKnobs, GateResult, PhaseChange
 from dualwrite.control.knobs import set_backfill_control
 from dualwrite.control.report import migration_report, state_summary
 from dualwrite.control.transitions import change_phase
-from dualwrite.phases import Phase
 from dualwrite.state import audit_log, registry, results
 
 __all__ = [
@@ -52,8 +51,7 @@ async def get_migration(ctx: AdminContext, name: str) -> dict[str, Any]:
         return await migration_report(conn, state, ctx.settings, ctx.keyring_current)
 
 
-async def set_phase(ctx: AdminContext, name: str, body: PhaseChange) -> dict[str, Any]:
-    actor = ctx.actor_prefix + (f":{body.actor}" if body.actor else "")
+async def set_phase(ctx: AdminContext, name: str, body: PhaseChange, actor: str) -> dict[str, Any]:
     new = await change_phase(
         ctx.engine,
         name,
@@ -71,32 +69,34 @@ async def set_phase(ctx: AdminContext, name: str, body: PhaseChange) -> dict[str
 
 
 async def _control(
-    ctx: AdminContext, name: str, patch: dict[str, Any], reason: str | None
+    ctx: AdminContext, name: str, patch: dict[str, Any], reason: str | None, actor: str
 ) -> dict[str, Any]:
-    control = await set_backfill_control(
-        ctx.engine, name, patch, actor=ctx.actor_prefix, reason=reason
-    )
+    control = await set_backfill_control(ctx.engine, name, patch, actor=actor, reason=reason)
     await _refresh_watcher(ctx)
     return {"name": name, "backfill_control": control}
 
 
-async def pause_backfill(ctx: AdminContext, name: str, reason: str | None) -> dict[str, Any]:
-    return await _control(ctx, name, {"paused": True}, reason)
+async def pause_backfill(
+    ctx: AdminContext, name: str, reason: str | None, actor: str
+) -> dict[str, Any]:
+    return await _control(ctx, name, {"paused": True}, reason, actor)
 
 
-async def resume_backfill(ctx: AdminContext, name: str, reason: str | None) -> dict[str, Any]:
-    return await _control(ctx, name, {"paused": False}, reason)
+async def resume_backfill(
+    ctx: AdminContext, name: str, reason: str | None, actor: str
+) -> dict[str, Any]:
+    return await _control(ctx, name, {"paused": False}, reason, actor)
 
 
 async def change_backfill_knobs(
-    ctx: AdminContext, name: str, body: BackfillKnobs
+    ctx: AdminContext, name: str, body: BackfillKnobs, actor: str
 ) -> dict[str, Any]:
     patch = body.model_dump(exclude_none=True, exclude={"reason"})
-    return await _control(ctx, name, patch, body.reason)
+    return await _control(ctx, name, patch, body.reason, actor)
 
 
 async def record_gate(ctx: AdminContext, name: str, body: GateResult) -> dict[str, Any]:
-    phase = Phase.parse(body.phase)
+    phase = body.phase
     async with ctx.engine.begin() as conn:
         await registry.get_migration(conn, name)  # 404 for an unknown migration
         await results.record_gate(conn, name, phase, body.passed, body.summary)

@@ -1,13 +1,18 @@
-"""The route class of every admin route: authenticate first, bound the body, map every failure.
+"""The route class of every admin route: authenticate and authorise first, bound the body, map
+every failure.
 
-Authentication: ``Authorization: Bearer <ADMIN_TOKEN>``, compared with
-:func:`hmac.compare_digest`, checked before the body is read or parsed. Without a token or with
-a wrong one: 401 (with ``WWW-Authenticate: Bearer``); ``ADMIN_TOKEN`` not configured: 503.
+Order, before the body is read or parsed: no :class:`AdminContext` or no token configured: 503;
+no ``Authorization: Bearer <token>`` or a token that is not configured (wrong, or revoked): 401
+(with ``WWW-Authenticate: Bearer``); a ``read`` token on a route that changes something: 403.
+Then a body over :data:`ADMIN_MAX_BODY_BYTES` is refused with 413. The token that passed is
+left on ``request.state.admin_token`` (its name goes into the audit log).
+
+``GET`` routes need the ``read`` scope (an ``operator`` token has it too); every other method
+needs ``operator`` (see :mod:`dualwrite.admin.tokens`).
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -22,9 +27,11 @@ from dualwrite.admin.errors import (
     error_response,
     validation_error_response,
 )
-from dualwrite.errors import DualwriteError, is_connection_lost
+from dualwrite.admin.tokens import OPERATOR, READ, AdminToken
+from dualwrite.errors import ConfigError, DualwriteError, is_connection_lost
+from dualwrite.logs import log_event
 
-__all__ = ["ADMIN_MAX_BODY_BYTES", "admin_route_class"]
+__all__ = ["ADMIN_MAX_BODY_BYTES", "admin_route_class", "required_scope"]
 
 log = logging.getLogger("dualwrite.admin")
 
@@ -34,12 +41,15 @@ ADMIN_MAX_BODY_BYTES = 64 * 1024
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
-def _bearer_ok(request: Request, token: str) -> bool:
-    header = request.headers.get("authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not given:
-        return False
-    return hmac.compare_digest(given.strip().encode(), token.encode())
+def required_scope(method: str) -> str:
+    """``read`` for ``GET``/``HEAD``, ``operator`` for every method that changes something."""
+    return READ if method.upper() in ("GET", "HEAD") else OPERATOR
+
+
+def _presented(request: Request) -> str | None:
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    given = given.strip()
+    return given if scheme.lower() == "bearer" and given else None
 
 
 async def _read_limited_body(request: Request) -> bytes | None:
@@ -58,16 +68,42 @@ async def _read_limited_body(request: Request) -> bytes | None:
     return body
 
 
+def _authorise(request: Request, path: str, ctx: AdminContext) -> AdminToken | Response:
+    """The token presented, or the 401/403/503 answer."""
+    try:
+        source = ctx.token_source()
+        tokens = source.current()
+    except ConfigError as exc:
+        return error_response(503, f"admin API disabled: {exc}")
+    if not source.configured:
+        return error_response(
+            503, "admin API disabled: ADMIN_TOKEN, ADMIN_TOKENS or ADMIN_TOKENS_FILE is not set"
+        )
+    given = _presented(request)
+    token = tokens.match(given) if given is not None else None
+    needed = required_scope(request.method)
+    if token is None:
+        log_event(log, "admin_token_refused", level=logging.WARNING, route=path, status=401,
+                  method=request.method)  # fmt: skip
+        return error_response(401, "missing or wrong bearer token")
+    if not token.allows(needed):
+        log_event(log, "admin_token_refused", level=logging.WARNING, route=path, status=403,
+                  method=request.method, token=token.name)  # fmt: skip
+        return error_response(
+            403, f"token {token.name!r} is read-only: {request.method} needs an operator token"
+        )
+    return token
+
+
 async def _guarded(
     request: Request, path: str, ctx: AdminContext | None, handler: Handler
 ) -> Response:
     if ctx is None:
         return error_response(503, "admin API not configured (no AdminContext)")
-    token = ctx.settings.admin_token
-    if token is None or not token.get_secret_value():
-        return error_response(503, "admin API disabled: ADMIN_TOKEN is not set")
-    if not _bearer_ok(request, token.get_secret_value()):
-        return error_response(401, "missing or wrong bearer token")
+    token = _authorise(request, path, ctx)
+    if isinstance(token, Response):
+        return token
+    request.state.admin_token = token
     if request.method in ("POST", "PATCH", "PUT") and await _read_limited_body(request) is None:
         return error_response(413, f"body larger than {ADMIN_MAX_BODY_BYTES} bytes")
     try:

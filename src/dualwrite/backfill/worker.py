@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 
@@ -55,12 +56,16 @@ from dualwrite.errors import (
     PhaseError,
     is_connection_lost,
 )
+from dualwrite.logs import log_event
+from dualwrite.logs.progress import LoggedProgress
 from dualwrite.metrics import Metrics
 from dualwrite.phases import BackfillMode, Phase, require_backfill_mode
 from dualwrite.schema import inspector
 from dualwrite.state import checkpoints, registry
 
 __all__ = ["BackfillOptions", "BackfillReport", "Backfiller"]
+
+log = logging.getLogger("dualwrite.backfill")
 
 
 class Backfiller:
@@ -80,7 +85,7 @@ class Backfiller:
         self.engine, self.migration, self.options = engine, migration, options
         self.cipher, self.bidx = cipher, bidx
         self.metrics = metrics or Metrics()
-        self.progress = progress or NullProgress()
+        self.progress = LoggedProgress(progress or NullProgress())  # logs pause / resume
         self.report = BackfillReport(migration, options.mode.value, options.shard)
         self._stop = asyncio.Event()
         self._sql: BackfillSql | None = None
@@ -156,6 +161,9 @@ class Backfiller:
         """Preflight, then convert until nothing is left (``once``) or until stopped."""
         started = time.monotonic()
         await self.preflight()
+        o = self.options
+        log_event(log, "backfill_started", migration=self.migration, mode=o.mode.value,
+                  shard=o.shard, batch_size=o.batch_size, dry_run=o.dry_run)  # fmt: skip
         try:
             if self.options.dry_run:
                 self.report.remaining = await self._count()
@@ -166,6 +174,10 @@ class Backfiller:
         finally:
             self.report.seconds = round(time.monotonic() - started, 3)
             self.progress.update(self.snapshot(self._state), force=True)
+            r = self.report
+            log_event(log, "backfill_finished", migration=self.migration, mode=o.mode.value,
+                      shard=o.shard, rows_done=r.rows_done, rows_failed=r.rows_failed,
+                      remaining=r.remaining, stopped=r.stopped, seconds=r.seconds)  # fmt: skip
 
     async def _run_with_retries(self) -> None:
         delay, down_since = 0.2, None

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import typer
 from rich.console import Console
 
-from dualwrite.errors import DualwriteError
+from dualwrite.errors import DualwriteError, describe
 
 if TYPE_CHECKING:
     from dualwrite.config import Settings
@@ -49,16 +49,9 @@ def cli_errors(fn: Callable[P, T]) -> Callable[P, T]:
         except OSError as exc:
             raise fail(f"{type(exc).__name__}: {exc.strerror or exc}") from None
         except Exception as exc:  # database driver errors and the like: one line, no traceback
-            raise fail(_describe(exc)) from None
+            raise fail(describe(exc)) from None
 
     return wrapper
-
-
-def _describe(exc: BaseException) -> str:
-    """One line naming an unexpected error without dumping its (possibly long) context."""
-    text = str(exc).strip().splitlines()
-    first = text[0] if text else ""
-    return f"{type(exc).__name__}: {first}"[:300]
 
 
 def run_async(coro: Coroutine[Any, Any, T] | Awaitable[T]) -> T:
@@ -67,10 +60,15 @@ def run_async(coro: Coroutine[Any, Any, T] | Awaitable[T]) -> T:
 
 
 def settings() -> Settings:
-    """Settings for this CLI invocation (environment + ``.env``)."""
+    """Settings for this CLI invocation (environment + ``.env``); also sets up the logs
+    (:func:`dualwrite.logs.setup_logging`: stderr, ``LOG_FORMAT``, ``LOG_LEVEL``, secrets
+    registered for redaction), so every command that reads settings logs the same way."""
     from dualwrite.config import load_settings  # pydantic-settings: not needed for --help
+    from dualwrite.logs import setup_logging
 
-    return load_settings()
+    loaded = load_settings()
+    setup_logging(settings=loaded)
+    return loaded
 
 
 def echo_json(obj: Any) -> None:

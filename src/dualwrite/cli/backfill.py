@@ -57,6 +57,7 @@ def backfill(
     from dualwrite.backfill.progress import JsonLinesProgress, default_sink
     from dualwrite.crypto import BlindIndex, FieldCipher, load_keyring
     from dualwrite.db import open_engine
+    from dualwrite.logs import log_keys
     from dualwrite.metrics import Metrics
 
     s = settings()
@@ -66,6 +67,7 @@ def backfill(
         bidx = BlindIndex.from_settings(s)
     except MissingKeyError:
         bidx = None  # refused in preflight when the mode needs it
+    log_keys(keyring, bidx)
     options = BackfillOptions(
         mode=parsed,
         batch_size=batch_size or s.backfill_batch_size,

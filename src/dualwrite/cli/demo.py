@@ -20,8 +20,13 @@ def demo(
 ) -> None:
     """Seed plaintext clients, then encrypt them live: every phase, real guards, no lost write."""
     import importlib
+    import os
+
+    from dualwrite.logs import setup_logging
 
     s = settings()
+    if "LOG_LEVEL" not in os.environ:  # the demo's story is its output: only problems logged
+        setup_logging(fmt=s.log_format, level="warning", settings=None)
     module, _, attr = s.reference_demo.partition(":")
     try:
         run_demo = getattr(importlib.import_module(module), attr)

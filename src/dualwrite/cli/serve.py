@@ -2,6 +2,10 @@
 
     $ dualwrite serve --port 8000 --workers 2
 
+Logs: JSON lines on stderr unless it is a terminal (``LOG_FORMAT``), one ``http_request`` event
+per request (the app's :class:`dualwrite.logs.RequestLog`), uvicorn's own lines in the same
+format. A malformed key or admin-token setting fails before uvicorn starts, in one line.
+
 The app is named by ``REFERENCE_APP`` (default ``clients_service.app:create_app``) and built by
 uvicorn calling that factory, so dualwrite never imports the service itself. Each worker
 process starts its own phase watcher, which heartbeats the phase it observes as an instance of
@@ -74,23 +78,31 @@ def serve(
     host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port")] = 8000,
     workers: Annotated[int, typer.Option(min=1, max=64, help="worker processes")] = 1,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    log_level: Annotated[
+        str | None, typer.Option(help="log level (default: LOG_LEVEL, info)")
+    ] = None,
 ) -> None:
     """Serve the reference clients API (REFERENCE_APP) with uvicorn."""
     import uvicorn
 
+    from dualwrite.admin import TokenSource
+    from dualwrite.logs import uvicorn_log_config
+
     s = settings()
+    level = log_level or s.log_level
     preflight_keys(s)
+    TokenSource(s)  # a malformed ADMIN_TOKEN(S)(_FILE) fails here, in one line
     target = s.reference_app
     check_factory(target)
     if workers > 1:
-        raise typer.Exit(_supervise(s, target, host, port, workers, log_level))
+        raise typer.Exit(_supervise(s, target, host, port, workers, level))
     uvicorn.run(
         target,
         factory=True,
         host=host,
         port=port,
-        log_level=log_level,
+        log_level=level,
+        log_config=uvicorn_log_config(s.log_format, level),
         access_log=False,
         proxy_headers=False,
     )
@@ -111,12 +123,8 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _level(name: str) -> int:
-    level = logging.getLevelName(name.upper())
-    return level if isinstance(level, int) else logging.INFO
-
-
 def _supervise(s: Settings, target: str, host: str, port: int, workers: int, level: str) -> int:
+    from dualwrite.logs import setup_logging
     from dualwrite.metrics import multiprocess
     from dualwrite.serving import Supervisor, WorkerSpec
 
@@ -131,7 +139,7 @@ def _supervise(s: Settings, target: str, host: str, port: int, workers: int, lev
         if s.instance_id:
             env["INSTANCE_ID"] = f"{s.instance_id}-{n}"
         specs.append(WorkerSpec([*argv, "--log-level", level], env, (fd,), new_session=True))
-    logging.basicConfig(format="%(levelname)-9s %(message)s", level=_level(level))
+    setup_logging(fmt=s.log_format, level=level)
     log.info("serving http://%s:%d with %d workers (metrics: %s)", host, port, workers, metrics_dir)
     supervisor = Supervisor(
         specs,

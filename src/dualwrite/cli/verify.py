@@ -37,15 +37,18 @@ def verify(
     # imported here, not at the top, so that ``dualwrite --help`` stays quick
     from dualwrite.crypto import BlindIndex, FieldCipher, load_keyring
     from dualwrite.db import open_engine
+    from dualwrite.logs import log_keys
     from dualwrite.state import registry
     from dualwrite.verify import verify as run_verify
 
     s = settings()
-    cipher = FieldCipher(load_keyring(s))
+    keyring = load_keyring(s)
+    cipher = FieldCipher(keyring)
     try:
         bidx: BlindIndex | None = BlindIndex.from_settings(s)
     except MissingKeyError:
         bidx = None
+    log_keys(keyring, bidx)
 
     async def go() -> dict[str, object]:
         async with open_engine(s, pool_size=2) as engine:

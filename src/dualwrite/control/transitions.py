@@ -19,11 +19,12 @@ Rules (the admin API and ``dualwrite phase set`` share them, because both call t
   :class:`~dualwrite.errors.TransitionConflictError` (HTTP 409). Asking for the phase the
   migration is already in is also a conflict (someone else got there first).
 * **Illegal moves** (skipping a phase, leaving ``finalized`` other than to ``contract``) raise
-  :class:`~dualwrite.errors.IllegalTransitionError` (HTTP 400): no guard can make them legal
-  and ``force`` does not apply.
+  :class:`~dualwrite.errors.IllegalTransitionError` (HTTP 409: whether a target is one step
+  away depends on the current phase): no guard can make them legal and ``force`` does not
+  apply.
 * **Guards.** Every failing guard is listed in :class:`~dualwrite.errors.GuardsFailedError`
   (HTTP 409). ``force=True`` overrides them, and only with a non-empty ``reason``
-  (:class:`ReasonRequiredError`, HTTP 400).
+  (:class:`ReasonRequiredError`; the admin API's request model refuses it first, 422).
 * **Audit.** Every applied change writes one ``dualwrite_audit`` row in the same transaction as
   the CAS (who, when, from/to phase and version, reason, ``forced``, every guard result), and
   ``NOTIFY dualwrite_phase`` is sent on commit. ``forced`` is true when the change went through
@@ -48,6 +49,8 @@ from dualwrite.config import Settings
 from dualwrite.control.apply import apply_decision, audit_refusal, check_request, require_reason
 from dualwrite.control.facts import gather_facts
 from dualwrite.control.finalize import finalize, restore_plaintext_columns
+from dualwrite.errors import GuardsFailedError
+from dualwrite.logs import log_event
 from dualwrite.phases import Decision, Phase, evaluate
 from dualwrite.state import registry
 from dualwrite.state.registry import MigrationState
@@ -92,13 +95,48 @@ async def change_phase(
     ``ReasonRequiredError``, ``GuardsFailedError`` (``.failures`` lists every failing guard)
     or ``TransitionConflictError``. Moves into or out of ``finalized`` also run Alembic
     (``alembic_cfg`` defaults to :func:`dualwrite.schema.migrate.alembic_config`).
+    Logs a ``phase_changed`` or ``phase_refused`` event (:mod:`dualwrite.logs`).
     """
-    tgt = Phase.parse(target)
+    tgt = Phase.parse(target) if not isinstance(target, Phase) else target
+    try:
+        before, new = await _change_phase(
+            engine, name, tgt, actor=actor, reason=reason, force=force, settings=settings,
+            keyring_current=keyring_current, expected_version=expected_version,
+            alembic_cfg=alembic_cfg,
+        )  # fmt: skip
+    except GuardsFailedError as exc:
+        log_event(
+            log, "phase_refused", level=logging.WARNING, migration=name, to_phase=tgt.value,
+            actor=actor, guards=[f.name for f in exc.failures],
+        )  # fmt: skip
+        raise
+    log_event(
+        log, "phase_changed", migration=new.name, from_phase=before.phase.value,
+        to_phase=new.phase.value, from_version=before.version, to_version=new.version,
+        actor=actor, force=force,
+    )  # fmt: skip
+    return new
+
+
+async def _change_phase(
+    engine: AsyncEngine,
+    name: str,
+    tgt: Phase,
+    *,
+    actor: str,
+    reason: str | None,
+    force: bool,
+    settings: Settings,
+    keyring_current: str | None,
+    expected_version: int | None,
+    alembic_cfg: Config | None,
+) -> tuple[MigrationState, MigrationState]:
+    """:func:`change_phase` without the events: (the state before, the state after)."""
     reason = require_reason(force, reason)
     async with engine.connect() as conn:
         current = await registry.get_migration(conn, name)
     if tgt is Phase.FINALIZED and current.phase is Phase.CONTRACT:
-        return await finalize(
+        return current, await finalize(
             engine,
             name,
             actor=actor,
@@ -120,7 +158,7 @@ async def change_phase(
         facts = await gather_facts(conn, state, settings, keyring_current)
         decision = evaluate(state.phase, tgt, facts)  # illegal moves raise here
         if decision.allowed or force:
-            return await apply_decision(conn, state, decision, actor=actor, reason=reason)
+            return state, await apply_decision(conn, state, decision, actor=actor, reason=reason)
     await audit_refusal(engine, state, decision, actor, reason)
     decision.raise_if_refused()
     raise AssertionError("unreachable: a refused decision raises")  # pragma: no cover

@@ -41,10 +41,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     sock = socket.socket(fileno=args.fd)
+    from dualwrite.config import load_settings
+    from dualwrite.logs import uvicorn_log_config
+
     config = uvicorn.Config(
         args.app,
         factory=True,
         log_level=args.log_level,
+        log_config=uvicorn_log_config(load_settings().log_format, args.log_level),
         access_log=False,
         proxy_headers=False,
     )

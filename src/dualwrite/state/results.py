@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,6 +18,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from dualwrite.logs import log_event
 from dualwrite.phases import GateView, Phase, VerificationView
 
 __all__ = [
@@ -26,6 +28,8 @@ __all__ = [
     "record_gate",
     "record_verification",
 ]
+
+log = logging.getLogger("dualwrite.state.results")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +46,7 @@ class VerificationRecord:
 
 
 async def record_verification(conn: AsyncConnection, rec: VerificationRecord) -> None:
+    """Record a verification run (in the caller's transaction; logs ``verification_recorded``)."""
     await conn.execute(
         text(
             "INSERT INTO dualwrite_verifications (migration, phase, started_at, finished_at, "
@@ -60,6 +65,12 @@ async def record_verification(conn: AsyncConnection, rec: VerificationRecord) ->
             "pf": json.dumps(rec.per_field),
         },
     )
+    problems = rec.missing + rec.mismatched + rec.undecryptable
+    log_event(
+        log, "verification_recorded", level=logging.WARNING if problems else logging.INFO,
+        migration=rec.migration, phase=rec.phase.value, full=rec.full, checked=rec.checked,
+        missing=rec.missing, mismatched=rec.mismatched, undecryptable=rec.undecryptable,
+    )  # fmt: skip
 
 
 async def latest_verification(
@@ -92,6 +103,7 @@ async def latest_verification(
 async def record_gate(
     conn: AsyncConnection, migration: str, phase: Phase, passed: bool, summary: Mapping[str, Any]
 ) -> None:
+    """Record a gate verdict (in the caller's transaction; logs ``gate_recorded``)."""
     await conn.execute(
         text(
             "INSERT INTO dualwrite_gate_results (migration, phase, finished_at, passed, summary) "
@@ -99,6 +111,10 @@ async def record_gate(
         ),
         {"m": migration, "p": phase.value, "ok": passed, "s": json.dumps(dict(summary))},
     )
+    log_event(
+        log, "gate_recorded", level=logging.INFO if passed else logging.WARNING,
+        migration=migration, phase=phase.value, passed=passed,
+    )  # fmt: skip
 
 
 async def latest_gate(conn: AsyncConnection, migration: str) -> GateView | None:
