@@ -39,7 +39,7 @@ def round_micros(us: int, precision: int) -> int:
     """PostgreSQL's ``AdjustTimestampForTypmod`` on microseconds since 2000-01-01."""
     if precision >= 6:
         return us
-    scale = 10 ** (6 - precision)
+    scale: int = int(10 ** (6 - precision))
     half = scale // 2
     if us >= 0:
         return ((us + half) // scale) * scale

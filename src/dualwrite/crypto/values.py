@@ -201,7 +201,7 @@ class ValueType:
     def text_of(self, value: Any) -> str | None:
         """:meth:`encode`, with the plain-text fast path (a ``str`` is its own text)."""
         if self.plain and (value is None or type(value) is str):
-            return value  # type: ignore[no-any-return]
+            return value
         return self.encode(value)
 
     def value_of(self, text: str | None) -> Any:
@@ -272,7 +272,7 @@ class ValueType:
                 value = value[:n]
             if self.padded:
                 value = value.ljust(n)
-        return value
+        return str(value)
 
     def _date(self, value: Any) -> dt.date:
         if isinstance(value, dt.datetime):
