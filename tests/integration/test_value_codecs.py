@@ -45,7 +45,9 @@ def _datetimes(aware: bool) -> list[dt.datetime]:
         year = RNG.choice([RNG.randint(1, 1999), RNG.randint(2000, 9998), 1999, 2000])
         base = dt.datetime(year, RNG.randint(1, 12), RNG.randint(1, 28), RNG.randint(0, 23),
                            RNG.randint(0, 59), RNG.randint(0, 59))  # fmt: skip
-        us = RNG.choice([0, 500, 499, 999_999, 999_500, 5, 50, 5000, 50_000, RNG.randint(0, 10**6 - 1)])
+        us = RNG.choice(
+            [0, 500, 499, 999_999, 999_500, 5, 50, 5000, 50_000, RNG.randint(0, 10**6 - 1)]
+        )
         value = base.replace(microsecond=us)
         if aware:
             tz = dt.timezone(dt.timedelta(minutes=RNG.choice([0, 60, -300, 330, 765, -720])))
@@ -62,7 +64,9 @@ def _decimals() -> list[Any]:
         sign = RNG.choice([1, -1])
         d = decimal.Decimal(sign * RNG.randint(0, 10**digits)).scaleb(exp)
         out.append(d)
-        out.append(float(RNG.choice([0.005, 1.005, 2.675, 0.125, -0.125, 12.345])) * RNG.randint(1, 9))
+        out.append(
+            float(RNG.choice([0.005, 1.005, 2.675, 0.125, -0.125, 12.345])) * RNG.randint(1, 9)
+        )
     out += [0, -0.0, decimal.Decimal("-0.000"), decimal.Decimal("1E+2"), 7, -12, 99999.994]
     return out
 
@@ -90,7 +94,9 @@ CASES: dict[str, list[Any]] = {
     "numeric(10,2)": [v for v in _decimals() if abs(v) < 10**7],
     "numeric(6,-2)": [v for v in _decimals() if abs(v) < 10**7],
     "numeric": _decimals(),
-    "date": [dt.date(RNG.randint(1, 9999), RNG.randint(1, 12), RNG.randint(1, 28)) for _ in range(N)]
+    "date": [
+        dt.date(RNG.randint(1, 9999), RNG.randint(1, 12), RNG.randint(1, 28)) for _ in range(N)
+    ]
     + [dt.datetime(2024, 5, 6, 23, 59, tzinfo=dt.timezone(dt.timedelta(hours=-9)))],
     "smallint": [RNG.randint(-(2**15), 2**15 - 1) for _ in range(N)],
     "bigint": [RNG.randint(-(2**63), 2**63 - 1) for _ in range(N)],
@@ -122,7 +128,9 @@ async def test_canonical_text_matches_what_postgresql_stores(
         decoded = [vt.decode(t) for t in expected]
         assert decoded == [r[0] for r in rows]  # reads return the column's Python type
         # and the canonical text casts back to the same stored value
-        back = await conn.fetch(f"SELECT $1::text::{vt.array_type} = x FROM v WHERE i = $2", expected[0], 0)
+        back = await conn.fetch(
+            f"SELECT $1::text::{vt.array_type} = x FROM v WHERE i = $2", expected[0], 0
+        )
         assert back[0][0] is True
     finally:
         await conn.close()
@@ -140,7 +148,7 @@ async def test_jsonb_documents_as_sent_by_sqlalchemy_and_by_a_legacy_writer(
             "INSERT INTO j VALUES ($1, $2::text::jsonb)",
             [(i, json.dumps(d)) for i, d in enumerate(docs)],  # SQLAlchemy's JSONB bind
         )
-        legacy = ['{"a": 1, "a": 2.50, "b": 1E+3}', '{"x": [1.000, -0]}', '  [ ]  ']
+        legacy = ['{"a": 1, "a": 2.50, "b": 1E+3}', '{"x": [1.000, -0]}', "  [ ]  "]
         await conn.executemany(
             "INSERT INTO j VALUES ($1, $2::jsonb)",
             [(1000 + i, t) for i, t in enumerate(legacy)],
