@@ -114,15 +114,19 @@ class EncryptedModel:
 
     # --- loader options a phase needs ------------------------------------------------------
 
-    def load_options(self, b: Behaviour) -> list[Any]:
-        """``undefer`` the ciphertext columns a phase reads, ``defer`` dropped plaintext."""
+    def load_options(self, b: Behaviour, path: Any = None) -> list[Any]:
+        """``undefer`` the ciphertext columns a phase reads, ``defer`` dropped plaintext (below
+        ``path``, a loader chain, for a relationship load)."""
         wanted = set(read_columns(self.spec, b))
+        undefer, defer = (
+            (undefer_option, defer_option) if path is None else (path.undefer, path.defer)
+        )
         opts: list[Any] = []
         for f in self.spec.fields:
             if f.ciphertext_column in wanted:
-                opts.append(undefer_option(getattr(self.model, f.ciphertext_column)))
+                opts.append(undefer(getattr(self.model, f.ciphertext_column)))
             if not b.plaintext_column_exists:
-                opts.append(defer_option(getattr(self.model, self.attr[f.plaintext_column])))
+                opts.append(defer(getattr(self.model, self.attr[f.plaintext_column])))
         return opts
 
     def load_props(self, b: Behaviour, props: frozenset[str]) -> frozenset[str]:

@@ -27,7 +27,7 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import ORMExecuteState, Session
+from sqlalchemy.orm import ORMExecuteState, Session, defaultload
 from sqlalchemy.sql.dml import Insert, Update
 
 from dualwrite.errors import UnsupportedQueryError
@@ -65,7 +65,7 @@ def install() -> None:
     event.listen(Session, "do_orm_execute", _on_execute)
     event.listen(Session, "after_transaction_end", _on_transaction_end)
     event.listen(Session, "before_flush", _on_before_flush)
-    event.listen(Engine, "before_execute", _guard_core_writes)
+    event.listen(Engine, "before_execute", _guard_core_writes, retval=True)
     _installed = True
 
 
@@ -114,10 +114,10 @@ def _on_before_flush(session: Session, flush_context: Any, instances: Any) -> No
         session.connection().info[_FLUSHING] = weakref.ref(session)
 
 
-def _flushing(conn: Any) -> bool:
+def _flushing(conn: Any) -> Session | None:
     ref = conn.info.get(_FLUSHING)
     session = ref() if ref is not None else None
-    return session is not None and bool(getattr(session, "_flushing", False))
+    return session if session is not None and getattr(session, "_flushing", False) else None
 
 
 # --- statements -------------------------------------------------------------------------------
@@ -180,11 +180,23 @@ def _with_load_options(
             if wanted != props:
                 stmt = stmt._clone()
                 stmt._compile_options += {"_only_load_props": wanted}
-        else:
-            opts = em.load_options(b)
+        elif any(d.get("expr") is em.model for d in stmt.column_descriptions):
+            opts = em.load_options(b, _relationship_path(stmt))
             if opts:
                 stmt = stmt.options(*opts)
     return stmt
+
+
+def _relationship_path(stmt: Any) -> Any:
+    """For a relationship load (lazy or ``selectinload``), a ``defaultload`` chain to the
+    loaded entity: loader options of a relationship load are matched against its path."""
+    path = getattr(getattr(stmt, "_compile_options", None), "_current_path", None)
+    elements = tuple(getattr(path, "path", ()) or ())
+    chain = None
+    for mapper, prop in zip(elements[0::2], elements[1::2], strict=False):
+        attr = getattr(mapper.class_, prop.key)
+        chain = defaultload(attr) if chain is None else chain.defaultload(attr)
+    return chain
 
 
 def _refuse_field_updates(state: ORMExecuteState, em: EncryptedModel) -> None:
@@ -202,13 +214,27 @@ def _refuse_field_updates(state: ORMExecuteState, em: EncryptedModel) -> None:
         )
 
 
-def _guard_core_writes(conn: Any, clause: Any, multiparams: Any, params: Any, options: Any) -> None:
-    """Refuse Core INSERT/UPDATE statements writing encrypted fields outside an ORM flush."""
-    if not isinstance(clause, Insert | Update) or _flushing(conn):
-        return
-    em = _TABLES.get(clause.table)
+def _guard_core_writes(
+    conn: Any, clause: Any, multiparams: Any, params: Any, options: Any
+) -> tuple[Any, Any, Any]:
+    """Refuse Core INSERT/UPDATE statements writing encrypted fields outside an ORM flush; in
+    a flush whose phase has no plaintext columns (``finalized``, or the finalize window), leave
+    them out of the statement (the ORM lists every column of an INSERT)."""
+    dml = isinstance(clause, Insert | Update)
+    em = _TABLES.get(getattr(clause, "table", None)) if dml else None
     if em is None:
-        return
+        return clause, multiparams, params
+    session = _flushing(conn)
+    if session is not None:
+        b = unit_of_work_behaviour(session, em)
+        if b is None or b.plaintext_column_exists:
+            return clause, multiparams, params
+        dropped = {em.table.c[n].key for n in em.spec.field_names}
+
+        def strip(p: Any) -> Any:
+            return {k: v for k, v in p.items() if k not in dropped} if isinstance(p, dict) else p
+
+        return clause, [strip(p) for p in multiparams or ()], strip(params)
     keys = {getattr(k, "key", k) for k in (getattr(clause, "_values", None) or {})}
     for p in [*(multiparams or ()), params or {}]:
         for item in p if isinstance(p, list | tuple) else [p]:
@@ -222,3 +248,4 @@ def _guard_core_writes(conn: Any, clause: Any, multiparams: Any, params: Any, op
             f"{em.spec.table} bypasses encryption: use session.add() and flush (or "
             "EncryptedTable for Core code)"
         )
+    return clause, multiparams, params
