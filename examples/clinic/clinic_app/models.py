@@ -20,7 +20,7 @@ class Base(DeclarativeBase):
 
 class Patient(Base):
     __tablename__ = "patients"
-    __table_args__ = {"schema": "clinic"}
+    __table_args__ = ({"schema": "clinic"},)
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
     clinic_id: Mapped[int]
@@ -38,7 +38,7 @@ class Patient(Base):
 
 class Visit(Base):
     __tablename__ = "visits"
-    __table_args__ = {"schema": "clinic"}
+    __table_args__ = ({"schema": "clinic"},)
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     patient_id: Mapped[int] = mapped_column(ForeignKey("clinic.patients.id"))

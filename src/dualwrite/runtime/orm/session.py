@@ -78,12 +78,13 @@ def unit_of_work_behaviour(
     """The phase ``em``'s migration runs under in ``session``'s current transaction (taken on
     first use; ``None`` while the migration is not registered)."""
     if session is None:
-        return em.phase()
+        found: Behaviour | None = em.phase()
+        return found
     taken: dict[str, Behaviour | None] = session.info.setdefault(_INFO, {})
     name = em.spec.name
     if name in taken:
         return taken[name]
-    b = em.phase()
+    b: Behaviour | None = em.phase()
     if b is not None and b.phase is Phase.CONTRACT:
         b = _contract_window(session, em, b, connection)
     taken[name] = b
