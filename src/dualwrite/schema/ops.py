@@ -21,11 +21,17 @@ from __future__ import annotations
 import json
 
 from alembic import op
+from alembic.util import CommandError
 from sqlalchemy import text
 
 from dualwrite.errors import DualwriteError
 from dualwrite.schema import sql, state_revisions, unique
 from dualwrite.spec import MigrationSpec
+
+
+class ContractRefusedError(DualwriteError, CommandError):
+    """The contract revision refused to run (Alembic's CLI prints it as one ``FAILED:`` line;
+    the revision changed nothing)."""
 
 
 def create_state_tables() -> None:
@@ -125,13 +131,13 @@ def contract(spec: MigrationSpec) -> None:
         text("SELECT phase FROM dualwrite_migrations WHERE name = :n"), {"n": spec.name}
     ).scalar()
     if phase not in ("contract", "finalized"):
-        raise DualwriteError(
+        raise ContractRefusedError(
             f"migration {spec.name} is in phase {phase}: the contract revision runs only "
             "from contract, through `dualwrite finalize`"
         )
     remaining = bind.execute(text(sql.count_plaintext_remaining_sql(spec))).scalar()
     if remaining:
-        raise DualwriteError(
+        raise ContractRefusedError(
             f"{remaining} rows of {spec.table} still hold plaintext: run "
             "`dualwrite backfill --mode purge` first"
         )
@@ -141,7 +147,7 @@ def contract(spec: MigrationSpec) -> None:
             text(unique.UNIQUE_INDEX_STATE_SQL), {"name": name, "t": spec.sql_table}
         )
         if state.scalar() is not True:
-            raise DualwriteError(
+            raise ContractRefusedError(
                 f"the UNIQUE index {name} of field {f.name} is missing or not valid: run the "
                 "expand again before the contract"
             )
