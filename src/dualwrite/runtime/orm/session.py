@@ -22,6 +22,8 @@ whose sync session is one) and on :class:`sqlalchemy.engine.Engine`:
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import weakref
 from typing import Any
 
@@ -44,6 +46,7 @@ _FLUSHING = "dualwrite.flushing"
 _MODELS: dict[type[Any], EncryptedModel] = {}
 _TABLES: dict[Any, EncryptedModel] = {}
 _installed = False
+_BACKGROUND: set[asyncio.Future[Any]] = set()
 
 _PLAINTEXT_PRESENT = (
     "SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass(:t) AND attnum > 0 "
@@ -99,7 +102,11 @@ def _contract_window(session: Session, em: EncryptedModel, b: Behaviour, conn: A
     if int(found.scalar_one()) == len(cols):
         return b
     if em.on_columns_dropped is not None:
-        em.on_columns_dropped()
+        result = em.on_columns_dropped()  # e.g. watcher.refresh: a coroutine is scheduled
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+            _BACKGROUND.add(task)
+            task.add_done_callback(_BACKGROUND.discard)
     return without_plaintext_columns(b)
 
 
