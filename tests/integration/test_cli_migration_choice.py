@@ -43,7 +43,7 @@ async def test_several_migrations_need_a_name(database_url: URL, engine: AsyncEn
         lines = err.strip().splitlines()
         assert code == 1 and len(lines) == 1, (args, err)
         assert "several migrations are registered (clients_pii, patients_pii)" in lines[0]
-    code, out, err = await cli(database_url, "phase", "set", "patients_pii", "dual_write",
+    code, _out, err = await cli(database_url, "phase", "set", "patients_pii", "dual_write",
                                "--reason", "named")  # fmt: skip
     assert code == 0, err
 
