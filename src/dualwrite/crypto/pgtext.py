@@ -31,8 +31,13 @@ def numeric_text(d: decimal.Decimal) -> str:
     return format(d, "f")
 
 
+_WIDE = decimal.Context(prec=200_000, rounding=decimal.ROUND_HALF_UP, Emax=10**6, Emin=-(10**6))
+
+
 def wide_context() -> decimal.Context:
-    return decimal.Context(prec=200_000, rounding=decimal.ROUND_HALF_UP, Emax=10**6, Emin=-(10**6))
+    """A context wide enough for any ``numeric`` (rounding half away from zero, as PostgreSQL
+    does); shared: only its flags change, and nothing reads them."""
+    return _WIDE
 
 
 def round_micros(us: int, precision: int) -> int:
