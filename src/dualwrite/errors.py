@@ -80,7 +80,7 @@ class KeyringError(ConfigError):
     """The keyring cannot be built (bad key, duplicate version, missing current key)."""
 
 
-class UnsupportedTypeError(ConfigError):
+class UnsupportedTypeError(ConfigError, ValueError):
     """A column type whose values dualwrite cannot encrypt exactly (``json``, floating point,
     anything not listed in :mod:`dualwrite.crypto.values`)."""
 
@@ -210,6 +210,10 @@ def is_connection_lost(exc: BaseException) -> bool:
     if isinstance(exc, kinds):
         return True
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    # asyncpg raises this on a connection whose server sent FATAL (a shutdown, a terminated
+    # backend) while it sat idle: the next statement finds the protocol still consuming it
+    if isinstance(exc, asyncpg.InternalClientError) and "another operation" in str(exc):
         return True
     orig = getattr(exc, "orig", None)
     return isinstance(orig, BaseException) and orig is not exc and is_connection_lost(orig)

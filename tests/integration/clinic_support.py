@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import ROOT, TEST_KEY_V1
+from tests.integration.clients_support import aad  # DESIGN §3, independent of dualwrite
 
 CLINIC = ROOT / "examples" / "clinic"
 if str(CLINIC) not in sys.path:
@@ -61,16 +62,6 @@ async def move_to(engine: AsyncEngine, phase: Phase) -> None:
             await conn.execute(text(f"UPDATE clinic.patients SET {nulls}"))
             for statement in schema_sql.contract_ddl(PATIENTS_PII):
                 await conn.execute(text(statement))
-
-
-def aad(version: str, table: str, column: str, row_key: str) -> bytes:
-    """DESIGN §3 associated data, computed here independently of dualwrite.crypto."""
-
-    def part(s: str) -> bytes:
-        raw = s.encode()
-        return len(raw).to_bytes(2, "big") + raw
-
-    return b"dualwrite.v1" + part(version) + part(table) + part(column) + part(row_key)
 
 
 def decrypt_independently(ciphertext: bytes, column: str, row_key: int) -> str:

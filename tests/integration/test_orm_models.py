@@ -326,3 +326,47 @@ async def test_existing_duplicates_are_listed_by_key_before_the_build(
     finally:
         await engine.dispose()
         await db_factory.drop(url)
+
+
+async def test_core_insert_with_a_server_generated_key(
+    clinic: tuple[AsyncEngine, Phase_, Events],
+) -> None:
+    """EncryptedTable (the Core API) on the same table: the key comes back from RETURNING and
+    the ciphertexts are bound to it in the same transaction."""
+    engine, phase, _ = clinic
+    await enter(engine, phase, Phase.DUAL_WRITE)
+    from dualwrite.runtime.table import EncryptedTable
+
+    table = EncryptedTable(Patient, PATIENTS.require_codec(), updated_at=None)
+    b = behaviour(Phase.DUAL_WRITE)
+    async with engine.begin() as conn:
+        row = await table.insert(conn, b, {"clinic_id": 4, "full_name": "Core", "email": "c@x.io",
+                                           "date_of_birth": dt.date(2001, 2, 3)})  # fmt: skip
+    pk = row["id"]
+    stored = await raw(engine, pk)
+    assert decrypt_independently(stored["email_encrypted"], "email", pk) == "c@x.io"
+    assert decrypt_independently(stored["date_of_birth_encrypted"], "date_of_birth", pk) == (
+        "2001-02-03"
+    )
+    async with engine.connect() as conn:
+        got = await table.fetch(conn, behaviour(Phase.READ_SWITCH), table.c.id == pk)
+    assert got[0]["date_of_birth"] == dt.date(2001, 2, 3) and got[0]["email"] == "c@x.io"
+
+
+async def test_a_legacy_plaintext_change_clears_ciphertext_blind_and_unique_indexes(
+    clinic: tuple[AsyncEngine, Phase_, Events],
+) -> None:
+    engine, phase, _ = clinic
+    await enter(engine, phase, Phase.DUAL_WRITE)
+    async with sessions(engine)() as s:
+        p = patient(3)
+        s.add(p)
+        await s.commit()
+    before = await raw(engine, p.id)
+    assert before["email_uidx"] is not None and before["email_bidx"] is not None
+    async with engine.begin() as conn:  # a writer that knows nothing of dualwrite
+        await conn.execute(text("UPDATE clinic.patients SET email = 'legacy@x.io' WHERE id = :i"),
+                           {"i": p.id})  # fmt: skip
+    after = await raw(engine, p.id)
+    assert (after["email_encrypted"], after["email_bidx"], after["email_uidx"]) == (None,) * 3
+    assert after["full_name_encrypted"] == before["full_name_encrypted"]  # untouched fields keep

@@ -132,14 +132,17 @@ class EncryptedTable:
             raise ValueError(f"table {plain.name} has no primary key column {spec.primary_key}")
         self.spec: MigrationSpec = spec
         self.codec = codec
-        columns: list[Column[Any]] = [c._copy() for c in plain.columns]
-        for f in spec.fields:
-            columns += [Column(c, LargeBinary) for c in added_columns(f)]
+        added = [c for f in spec.fields for c in added_columns(f)]
+        # a model declared with dualwrite.runtime.orm already carries the added columns
+        columns: list[Column[Any]] = [c._copy() for c in plain.columns if c.name not in added]
+        columns += [Column(c, LargeBinary) for c in added]
         self.table = Table(plain.name, MetaData(), *columns, schema=plain.schema)
         self.c = self.table.c
         self.key = self.table.c[spec.primary_key]
         self._field_names = frozenset(spec.field_names)
-        self._other = tuple(c.name for c in plain.columns if c.name not in self._field_names)
+        self._other = tuple(
+            c.name for c in plain.columns if c.name not in self._field_names and c.name not in added
+        )
         self._key_index = self._other.index(spec.primary_key)
         self._updated_at = updated_at if updated_at and updated_at in plain.c else None
         self._select_cache: dict[
