@@ -290,8 +290,11 @@ class ValueType:
             base, moved = _PG_EPOCH, value
         else:
             base, moved = _PG_EPOCH_TZ, value.astimezone(_UTC)  # naive: the host's local time
+        precision = self.precision if self.precision is not None else 6
+        if precision >= 6:
+            return moved  # nothing to round: microseconds are PostgreSQL's resolution
         us = (moved - base) // _US
-        rounded = round_micros(us, self.precision if self.precision is not None else 6)
+        rounded = round_micros(us, precision)
         try:
             return base + dt.timedelta(microseconds=rounded)
         except OverflowError:
