@@ -14,6 +14,8 @@ of ``--repeats`` counts (the least disturbed by the machine).
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import decimal
 import os
 import platform
 import time
@@ -25,6 +27,7 @@ import cryptography
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from dualwrite.crypto import DataKey, FieldCipher, Keyring, associated_data
+from dualwrite.crypto.values import value_type
 
 TABLE, COLUMN = "clients", "email"
 VALUE = "ada.lovelace@ex.io.x"  # 20 bytes of UTF-8
@@ -93,7 +96,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def our_decrypt_many() -> None:
         cipher.decrypt_many(pairs, table=TABLE, column=COLUMN)
 
+    def coerce(sql: str, value: Any) -> Callable[[], None]:
+        encode = value_type(sql).encode
+
+        def loop() -> None:
+            for _ in rows:
+                encode(value)
+
+        return loop
+
+    typed = {  # the canonical text of a typed value, as PostgreSQL stores it (before encrypting)
+        "coerce_date_us": coerce("date", dt.date(1980, 1, 2)),
+        "coerce_timestamptz_us": coerce(
+            "timestamp(3) with time zone", dt.datetime(2024, 3, 1, 9, 30, 15, 123456, dt.UTC)
+        ),
+        "coerce_numeric_us": coerce("numeric(10,2)", decimal.Decimal("12.345")),
+        "coerce_jsonb_us": coerce("jsonb", {"allergies": ["penicillin"], "weight_kg": 61.5}),
+    }
     loops = {
+        **typed,
         "raw_encrypt_us": raw_encrypt,
         "encrypt_us": our_encrypt,
         "encrypt_many_us": our_encrypt_many,
@@ -134,4 +155,6 @@ def format_human(result: dict[str, Any]) -> str:
             f"{op:14}{result[f'{op}_us']:>11.3f} us{result[f'raw_{raw}_us']:>11.3f} us"
             f"{result[f'{op}_ratio']:>8.2f}"
         )
+    for name in ("date", "timestamptz", "numeric", "jsonb"):
+        lines.append(f"coerce {name:7}{result[f'coerce_{name}_us']:>11.3f} us (canonical text)")
     return "\n".join(lines)

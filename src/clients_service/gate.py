@@ -1,6 +1,6 @@
 """The reference service's latency-gate endpoints and limits (DESIGN §9 floors by default).
 
-Request names are route templates; ``loadtests/locustfile.py`` reports exactly these.
+Request names are route templates; :data:`LOCUSTFILE` reports exactly these.
 
 >>> thresholds_ms()[SINGLE_READ], thresholds_ms(bulk_p95_ms=500)[BULK_READ]
 (100.0, 500)
@@ -9,6 +9,10 @@ Request names are route templates; ``loadtests/locustfile.py`` reports exactly t
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
+
+LOCUSTFILE = Path(__file__).parent / "loadtest" / "locustfile.py"
+"""The reference service's gate load (``dualwrite gate`` finds it next to the thresholds)."""
 
 SINGLE_READ = "GET /workspaces/{ws}/clients/{id}"
 BULK_READ = "GET /workspaces/{ws}/clients?limit=100"

@@ -44,10 +44,13 @@ if TYPE_CHECKING:
         TransitionConflictError,
         UnknownMigrationError,
         UnknownPhaseError,
+        UnsupportedQueryError,
+        UnsupportedTypeError,
     )
     from dualwrite.metrics import Metrics
     from dualwrite.phases import BackfillMode, Behaviour, Phase, behaviour
     from dualwrite.runtime import EncryptedTable, FieldCodec, PhaseWatcher
+    from dualwrite.runtime.orm import EncryptedModel, encrypted
     from dualwrite.spec import FieldSpec, MigrationSpec
     from dualwrite.verify import VerificationReport, verify
 
@@ -75,10 +78,13 @@ _WHERE = {
         "TransitionConflictError",
         "UnknownMigrationError",
         "UnknownPhaseError",
+        "UnsupportedQueryError",
+        "UnsupportedTypeError",
     ),
     "dualwrite.metrics": ("Metrics",),
     "dualwrite.phases": ("BackfillMode", "Behaviour", "Phase", "behaviour"),
     "dualwrite.runtime": ("EncryptedTable", "FieldCodec", "PhaseWatcher"),
+    "dualwrite.runtime.orm": ("EncryptedModel", "encrypted"),
     "dualwrite.spec": ("FieldSpec", "MigrationSpec"),
     "dualwrite.verify": ("VerificationReport", "verify"),
 }
@@ -98,6 +104,7 @@ __all__ = [
     "DatabaseUnavailableError",
     "DecryptionError",
     "DualwriteError",
+    "EncryptedModel",
     "EncryptedTable",
     "EncryptionUnavailableError",
     "FieldCipher",
@@ -120,11 +127,14 @@ __all__ = [
     "TransitionConflictError",
     "UnknownMigrationError",
     "UnknownPhaseError",
+    "UnsupportedQueryError",
+    "UnsupportedTypeError",
     "VerificationReport",
     "admin_router",
     "behaviour",
     "change_phase",
     "decide",
+    "encrypted",
     "load_keyring",
     "load_settings",
     "verify",

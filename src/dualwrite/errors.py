@@ -7,13 +7,15 @@ material. The CLI prints ``str(error)`` and exits non-zero; the HTTP layers map 
 
     DualwriteError
     ├── ConfigError                    settings or key material missing/malformed   (500, exit 1)
-    │   └── KeyringError               a keyring that cannot be built
+    │   ├── KeyringError               a keyring that cannot be built
+    │   └── UnsupportedTypeError       a column type dualwrite cannot encrypt exactly
     ├── MissingKeyError                a key this operation needs is not held
     │   ├── BlindIndexKeyMissingError  no BLIND_INDEX_KEY, searchable fields need it
     │   └── EncryptionUnavailableError this instance cannot encrypt now          (503)
     ├── DecryptionError                a ciphertext does not decrypt             (500, generic)
     ├── DatabaseUnavailableError       PostgreSQL cannot be reached or started   (503)
     ├── RequestError                   well-formed input asking nothing sensible (400)
+    ├── UnsupportedQueryError          an ORM statement that would read encrypted fields wrongly
     └── PhaseError                     a refused phase operation                 (409 unless below)
         ├── UnknownMigrationError      no such migration                         (404)
         ├── UnknownPhaseError          not one of the six phases                 (400)
@@ -62,6 +64,8 @@ __all__ = [
     "TransitionConflictError",
     "UnknownMigrationError",
     "UnknownPhaseError",
+    "UnsupportedQueryError",
+    "UnsupportedTypeError",
     "describe",
     "is_connection_lost",
 ]
@@ -77,6 +81,17 @@ class ConfigError(DualwriteError):
 
 class KeyringError(ConfigError):
     """The keyring cannot be built (bad key, duplicate version, missing current key)."""
+
+
+class UnsupportedTypeError(ConfigError, ValueError):
+    """A column type whose values dualwrite cannot encrypt exactly (``json``, floating point,
+    anything not listed in :mod:`dualwrite.crypto.values`)."""
+
+
+class UnsupportedQueryError(DualwriteError):
+    """An ORM statement on an encrypted model that cannot be answered right in every phase
+    (bulk insert/update methods, a column-only select of an encrypted field, ``LIKE``/ordering
+    on one, equality on a field without ``search``). Raised before anything runs."""
 
 
 class MissingKeyError(DualwriteError):
@@ -198,6 +213,10 @@ def is_connection_lost(exc: BaseException) -> bool:
     if isinstance(exc, kinds):
         return True
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    # asyncpg raises this on a connection whose server sent FATAL (a shutdown, a terminated
+    # backend) while it sat idle: the next statement finds the protocol still consuming it
+    if isinstance(exc, asyncpg.InternalClientError) and "another operation" in str(exc):
         return True
     orig = getattr(exc, "orig", None)
     return isinstance(orig, BaseException) and orig is not exc and is_connection_lost(orig)

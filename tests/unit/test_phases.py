@@ -140,6 +140,7 @@ FORWARD_GUARDS = {
         "fleet_observed_backfill",
     ],
     RS: [
+        "schema_expanded",
         "fleet_observed_read_switch",
         "soak_time",
         "no_shadow_mismatches",
@@ -174,6 +175,8 @@ def lag_reason(current: Phase) -> str:
 # (current phase, guard that must fail, facts overrides, expected fragments of the reason)
 FORWARD_FAILURES: list[tuple[Phase, str, dict[str, Any], list[str]]] = [
     (P, "schema_expanded", {"schema_expanded": False}, ["expand schema is missing", "db upgrade"]),
+    # a unique field's UNIQUE index must be valid before contract stops the plaintext constraint
+    (RS, "schema_expanded", {"schema_expanded": False}, ["expand schema is missing"]),
     (P, "fleet_holds_current_key", {"current_key_version": None}, ["no current key version"]),
     (
         P,

@@ -15,6 +15,8 @@ EXPECTED = {
     # what an API instance runs
     "EncryptedTable", "FieldCodec", "PhaseWatcher", "Metrics", "Settings", "load_settings",
     "admin_router", "AdminContext",
+    # the ORM hook
+    "encrypted", "EncryptedModel",
     # keys
     "BlindIndex", "DataKey", "FieldCipher", "Keyring", "load_keyring",
     # operations
@@ -25,7 +27,8 @@ EXPECTED = {
     "BlindIndexKeyMissingError", "EncryptionUnavailableError", "DecryptionError",
     "DatabaseUnavailableError", "RequestError", "PhaseError", "UnknownMigrationError",
     "UnknownPhaseError", "IllegalTransitionError", "ReasonRequiredError", "GuardsFailedError",
-    "TransitionConflictError", "ModeNotAllowedError",
+    "TransitionConflictError", "ModeNotAllowedError", "UnsupportedQueryError",
+    "UnsupportedTypeError",
 }  # fmt: skip
 
 

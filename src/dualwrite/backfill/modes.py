@@ -26,6 +26,11 @@ Python transform and the ``UPDATE``'s SET clauses cannot disagree:
 
 Loops run per column over the whole batch (list comprehensions, cached bound methods) so the
 per-row Python cost stays close to the AES cost. Failures are reported by primary key only.
+
+Typed fields: :func:`transform` turns every plaintext column a strategy reads into canonical
+text first (:meth:`dualwrite.crypto.values.ValueType.from_driver`), so strategies only ever see
+text; plaintext written back is cast from text to the column's type in SQL. ``unique`` fields
+also get ``<name>_uidx`` wherever their ciphertext is (re)made or it is missing.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from dualwrite.errors import BlindIndexKeyMissingError, DecryptionError
 from dualwrite.phases import BackfillMode
 from dualwrite.schema import sql as schema_sql
 from dualwrite.spec import FieldSpec, MigrationSpec
+from dualwrite.spec import quote_ident as _q
 
 __all__ = [
     "STRATEGIES",
@@ -84,6 +90,12 @@ class RowCodec:
             raise BlindIndexKeyMissingError()
         return self.bidx
 
+    def uidx_of(self, f: FieldSpec, text: str | None) -> bytes | None:
+        """``<name>_uidx`` of a canonical text (``None`` for ``None``)."""
+        if text is None:
+            return None
+        return self.blind_index().unique(f.value_type.equality_text(text))
+
 
 @dataclass(slots=True)
 class BatchResult:
@@ -108,7 +120,7 @@ class BatchResult:
 
 
 def _is_null(column: str | None) -> str:
-    return f"{column} IS NULL" if column else "NULL::boolean"
+    return f"{_q(column)} IS NULL" if column else "NULL::boolean"
 
 
 def _safe(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -164,23 +176,29 @@ class Encrypt(Strategy):
         return schema_sql.missing_ciphertext_predicate(spec)
 
     def reads(self, f: FieldSpec) -> tuple[str, ...]:
-        return (f.plaintext_column, _is_null(f.ciphertext_column), _is_null(f.bidx_column))
+        uidx = (_is_null(f.uidx_column),) if f.uidx_column else ()
+        return (_q(f.plaintext_column), _is_null(f.ciphertext_column), _is_null(f.bidx_column),
+                *uidx)  # fmt: skip
 
     def writes(self, f: FieldSpec) -> tuple[Output, ...]:
-        out = (Output(f.ciphertext_column, "c", "bytea"),)
-        return out + ((Output(f.bidx_column, "b", "bytea"),) if f.bidx_column else ())
+        out: tuple[Output, ...] = (Output(f.ciphertext_column, "c", "bytea"),)
+        out += (Output(f.bidx_column, "b", "bytea"),) if f.bidx_column else ()
+        return out + ((Output(f.uidx_column, "u", "bytea"),) if f.uidx_column else ())
 
     def transform(
         self, codec: RowCodec, f: FieldSpec, cols: Sequence[Column], rks: list[str],
         failed: list[bool],
     ) -> list[Column]:  # fmt: skip
-        pts, ct_missing, bidx_missing = cols
+        pts, ct_missing, bidx_missing, *uidx_missing = cols
         todo = [(p if m else None, rk) for p, m, rk in zip(pts, ct_missing, rks, strict=True)]
-        out = [codec.cipher.encrypt_many(todo, table=codec.spec.table, column=f.name)]
+        out = [codec.cipher.encrypt_many(todo, table=codec.spec.aad_table, column=f.name)]
         if f.blind_index:
             kind, compute = f.blind_index, codec.blind_index().stored
             pairs = zip(pts, bidx_missing, strict=True)
             out.append([compute(p, kind) if m else None for p, m in pairs])
+        if f.uidx_column:
+            pairs = zip(pts, uidx_missing[0], strict=True)
+            out.append([codec.uidx_of(f, p) if m else None for p, m in pairs])
         return out
 
 
@@ -194,17 +212,18 @@ class Decrypt(Strategy):
         return schema_sql.plaintext_incomplete_predicate(spec)
 
     def reads(self, f: FieldSpec) -> tuple[str, ...]:
-        return (f.ciphertext_column, _is_null(f.plaintext_column))
+        return (_q(f.ciphertext_column), _is_null(f.plaintext_column))
 
     def writes(self, f: FieldSpec) -> tuple[Output, ...]:
-        return (Output(f.plaintext_column, "p", "text", "COALESCE({t}, {v})"),)
+        cast = "" if f.value_type.plain else f"::{f.value_type.array_type}"  # typed: from text
+        return (Output(f.plaintext_column, "p", "text", "COALESCE({t}, {v}" + cast + ")"),)
 
     def transform(
         self, codec: RowCodec, f: FieldSpec, cols: Sequence[Column], rks: list[str],
         failed: list[bool],
     ) -> list[Column]:  # fmt: skip
         cts, pt_missing = cols
-        dec, table, name = _safe(codec.cipher.decrypt), codec.spec.table, f.name
+        dec, table, name = _safe(codec.cipher.decrypt), codec.spec.aad_table, f.name
         col = [
             dec(c, table=table, column=name, row_key=rk) if m and c is not None else None
             for c, m, rk in zip(cts, pt_missing, rks, strict=True)
@@ -223,7 +242,7 @@ class Rekey(Strategy):
         return schema_sql.rekey_predicate(spec, current_version)
 
     def reads(self, f: FieldSpec) -> tuple[str, ...]:
-        return (f.ciphertext_column,)
+        return (_q(f.ciphertext_column),)
 
     def writes(self, f: FieldSpec) -> tuple[Output, ...]:
         return (Output(f.ciphertext_column, "c", "bytea"),)
@@ -232,7 +251,7 @@ class Rekey(Strategy):
         self, codec: RowCodec, f: FieldSpec, cols: Sequence[Column], rks: list[str],
         failed: list[bool],
     ) -> list[Column]:  # fmt: skip
-        cipher, table, name = codec.cipher, codec.spec.table, f.name
+        cipher, table, name = codec.cipher, codec.spec.aad_table, f.name
         dec, enc = _safe(cipher.decrypt), cipher.encrypt
         head = cipher.current_version.encode("ascii") + b":"
         n = len(head)
@@ -263,24 +282,28 @@ class Purge(Strategy):
         return schema_sql.plaintext_remaining_predicate(spec)
 
     def reads(self, f: FieldSpec) -> tuple[str, ...]:
-        return (f.plaintext_column, f.ciphertext_column, _is_null(f.bidx_column))
+        uidx = (_is_null(f.uidx_column),) if f.uidx_column else ()
+        return (_q(f.plaintext_column), _q(f.ciphertext_column), _is_null(f.bidx_column), *uidx)
 
     def writes(self, f: FieldSpec) -> tuple[Output, ...]:
         bidx = (Output(f.bidx_column, "b", "bytea"),) if f.bidx_column else ()
+        uidx = (Output(f.uidx_column, "u", "bytea"),) if f.uidx_column else ()
         nulls = Output(f.plaintext_column, "n", "boolean", "CASE WHEN {v} THEN NULL ELSE {t} END")
-        return (Output(f.ciphertext_column, "c", "bytea"), *bidx, nulls)
+        return (Output(f.ciphertext_column, "c", "bytea"), *bidx, *uidx, nulls)
 
     def transform(
         self, codec: RowCodec, f: FieldSpec, cols: Sequence[Column], rks: list[str],
         failed: list[bool],
     ) -> list[Column]:  # fmt: skip
-        cipher, table, name, kind = codec.cipher, codec.spec.table, f.name, f.blind_index
+        cipher, table, name, kind = codec.cipher, codec.spec.aad_table, f.name, f.blind_index
         dec, enc = _safe(cipher.decrypt), cipher.encrypt
         compute = codec.blind_index().stored if kind else None
         cs: Column = []
         bs: Column = []
         ns: Column = []
-        for i, (pt, ct, bidx_missing, rk) in enumerate(zip(*cols, rks, strict=True)):
+        us: Column = []  # unique fields: <name>_uidx where missing or the ciphertext is new
+        uidx_missing = cols[3] if f.uidx_column else [False] * len(rks)
+        for i, (pt, ct, bidx_missing, rk) in enumerate(zip(*cols[:3], rks, strict=True)):
             new_ct: Any = None
             ok = pt is not None
             if ok and ct is None:
@@ -290,13 +313,16 @@ class Purge(Strategy):
             if not ok:
                 cs.append(None)
                 bs.append(None)
+                us.append(None)
                 ns.append(None)
                 continue
             cs.append(new_ct)
             wants_bidx = compute is not None and (bidx_missing or new_ct is not None)
             bs.append(compute(pt, kind) if wants_bidx and compute and kind else None)
+            wants_uidx = uidx_missing[i] or new_ct is not None
+            us.append(codec.uidx_of(f, pt) if f.uidx_column and wants_uidx else None)
             ns.append(True)
-        return [cs, bs, ns] if kind else [cs, ns]
+        return [cs, *([bs] if kind else []), *([us] if f.uidx_column else []), ns]
 
 
 STRATEGIES: dict[BackfillMode, Strategy] = {
@@ -323,9 +349,13 @@ def transform(codec: RowCodec, how: Strategy, rows: Sequence[Row]) -> BatchResul
     arrays: list[Column] = []
     pos = 1
     for f in codec.spec.fields:
-        width = len(how.reads(f))
+        reads = how.reads(f)
+        width = len(reads)
         cols = [[r[pos + k] for r in rows] for k in range(width)]
         pos += width
+        if not f.value_type.plain and _q(f.plaintext_column) in reads:  # typed: canonical text
+            k, from_driver = reads.index(_q(f.plaintext_column)), f.value_type.from_driver
+            cols[k] = [from_driver(v) for v in cols[k]]
         out = how.transform(codec, f, cols, rks, failed)
         if len(out) != len(how.writes(f)):  # a strategy bug, never data-dependent
             raise AssertionError(f"{how.mode} transform of {f.name} returned {len(out)} arrays")

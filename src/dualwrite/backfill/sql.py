@@ -10,13 +10,14 @@ checkpoint (same statement, same transaction):
 >>> spec = MigrationSpec("t_pii", "t", (FieldSpec("email", blind_index="email"),))
 >>> sql = BackfillSql(spec, "encrypt", "uuid", current_version="v2")
 >>> print(sql.claim(first=False))  # doctest: +NORMALIZE_WHITESPACE
-SELECT id, email, email_encrypted IS NULL, email_bidx IS NULL FROM t
-WHERE id > CAST($1 AS text)::uuid AND ((email IS NOT NULL AND (email_encrypted IS NULL OR
-email_bidx IS NULL))) ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED
+SELECT "id", "email", "email_encrypted" IS NULL, "email_bidx" IS NULL FROM "t"
+WHERE "id" > CAST($1 AS text)::uuid AND (("email" IS NOT NULL AND ("email_encrypted" IS NULL OR
+"email_bidx" IS NULL))) ORDER BY "id" LIMIT $2 FOR UPDATE SKIP LOCKED
 >>> sql.layout
 [('email_c', 'bytea'), ('email_b', 'bytea')]
 
-Identifiers come from a validated spec (lower-case SQL identifiers), never from user input.
+Identifiers come from a validated spec (lower-case SQL identifiers), never from user input,
+and are emitted quoted.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dualwrite.backfill.modes import Strategy, strategy
 from dualwrite.phases import BackfillMode
 from dualwrite.schema import sql as schema_sql
 from dualwrite.spec import MigrationSpec
+from dualwrite.spec import quote_ident as _q
 from dualwrite.state.checkpoints import batch_upsert_sql
 
 __all__ = ["BackfillSql"]
@@ -54,12 +56,12 @@ class BackfillSql:
 
     def claim(self, *, first: bool) -> str:
         """``$1`` = last key (text; absent when ``first``), ``$2`` (or ``$1``) = batch size."""
-        pk = self.spec.primary_key
+        pk = _q(self.spec.primary_key)
         cols = ", ".join(c for f in self.spec.fields for c in self.strategy.reads(f))
         after = "" if first else f"{pk} > CAST($1 AS text)::{self.pk_type} AND "
         limit = "$1" if first else "$2"
         return (
-            f"SELECT {pk}, {cols} FROM {self.spec.table} WHERE {after}{self.predicate} "
+            f"SELECT {pk}, {cols} FROM {self.spec.sql_table} WHERE {after}{self.predicate} "
             f"ORDER BY {pk} LIMIT {limit} FOR UPDATE SKIP LOCKED"
         )
 
@@ -70,23 +72,24 @@ class BackfillSql:
         values (see :func:`dualwrite.state.checkpoints.batch_upsert_sql`). Returns the number of
         rows updated.
         """
-        pk = self.spec.primary_key
+        pk = _q(self.spec.primary_key)
         arrays = [f"${i + 2}::{typ}[]" for i, (_, typ) in enumerate(self.layout)]
         aliases = ", ".join(["id", *(alias for alias, _ in self.layout)])
         sets = ", ".join(
-            f"{o.column} = " + o.assign.format(v=f"v.{f.name}_{o.suffix}", t=f"t.{o.column}")
+            f"{_q(o.column)} = "
+            + o.assign.format(v=f"v.{f.name}_{o.suffix}", t=f"t.{_q(o.column)}")
             for f in self.spec.fields
             for o in self.strategy.writes(f)
         )
         return (
-            f"WITH w AS (UPDATE {self.spec.table} AS t SET {sets} FROM "
+            f"WITH w AS (UPDATE {self.spec.sql_table} AS t SET {sets} FROM "
             f"unnest($1::{self.pk_type}[], {', '.join(arrays)}) AS v({aliases}) "
             f"WHERE t.{pk} = v.id RETURNING 1), "
             f"c AS ({batch_upsert_sql(len(self.layout) + 2)}) SELECT count(*) FROM w"
         )
 
     def count_remaining(self) -> str:
-        return f"SELECT count(*) FROM {self.spec.table} WHERE {self.predicate}"
+        return f"SELECT count(*) FROM {self.spec.sql_table} WHERE {self.predicate}"
 
     def count_rows(self) -> str:
         return f"SELECT count(*) FROM {self.spec.table}"

@@ -136,7 +136,7 @@ class Backfiller:
             state = await registry.get_migration(conn, self.migration)
             require_backfill_mode(state.phase, mode)
             spec = state.spec
-            sql_types = await inspector.column_types(conn, spec.table)
+            sql_types = await inspector.column_types(conn, spec.sql_table)
             if mode is not BackfillMode.REKEY and not await inspector.plaintext_columns_present(
                 conn, spec
             ):
@@ -149,7 +149,8 @@ class Backfiller:
         if pk_type is None:
             raise PhaseError(f"table {spec.table} has no column {spec.primary_key}")
         sql = BackfillSql(spec, mode, pk_type, current_version=self.cipher.current_version)
-        if sql.strategy.needs_blind_index and spec.searchable and self.bidx is None:
+        needs_key = spec.searchable or spec.unique_fields
+        if sql.strategy.needs_blind_index and needs_key and self.bidx is None:
             raise BlindIndexKeyMissingError()
         self._sql = sql
         self._codec = RowCodec(spec, self.cipher, self.bidx)

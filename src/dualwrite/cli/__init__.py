@@ -42,5 +42,6 @@ from dualwrite.cli import backfill  # noqa: E402, F401
 from dualwrite.cli import verify  # noqa: E402, F401
 from dualwrite.cli import gate  # noqa: E402, F401
 from dualwrite.cli import demo  # noqa: E402, F401
+from dualwrite.cli import revision  # noqa: E402, F401
 
 # isort: on

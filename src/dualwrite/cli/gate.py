@@ -3,6 +3,11 @@
     $ dualwrite gate --host http://127.0.0.1:8000
     $ dualwrite gate --locustfile my_load.py --threshold "GET /patients/{id}=50" \
         --threshold "GET /patients?limit=100=400"
+    $ dualwrite gate --route "GET /patients/1=50" --route "GET /patients?limit=100=400"
+
+``--route`` drives the generic load shipped with dualwrite (:data:`ROUTES_LOCUSTFILE`); without
+``--locustfile`` or ``--route`` the reference service's own load runs (the ``LOCUSTFILE`` of
+the module ``REFERENCE_GATE_THRESHOLDS`` names, or ``./loadtests/locustfile.py``).
 
 Without ``--threshold`` the limits are the reference service's (``REFERENCE_GATE_THRESHOLDS``,
 called with ``--single-p95-ms`` and ``--bulk-p95-ms``). The verdict fails on any p95 over its
@@ -12,6 +17,7 @@ limit, any failed request, or a thresholded endpoint never measured.
 from __future__ import annotations
 
 import importlib
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -38,6 +44,22 @@ def reference_thresholds(s: Settings, single_p95_ms: float, bulk_p95_ms: float) 
     return dict(make(single_p95_ms, bulk_p95_ms))
 
 
+def reference_locustfile(s: Settings) -> Path:
+    """``./loadtests/locustfile.py`` if there is one, else the reference module's shipped
+    ``LOCUSTFILE``."""
+    local = Path("loadtests/locustfile.py")
+    if local.is_file():
+        return local
+    module = s.reference_gate_thresholds.partition(":")[0]
+    try:
+        found = getattr(importlib.import_module(module), "LOCUSTFILE", None)
+    except ImportError:
+        found = None
+    if found is None:
+        raise DualwriteError("no locustfile: give --locustfile FILE or --route ROUTE=MS")
+    return Path(found)
+
+
 @app.command("gate")
 @cli_errors
 def gate(
@@ -56,20 +78,32 @@ def gate(
     ] = None,
     single_p95_ms: Annotated[float, typer.Option(help="reference single read p95 limit")] = 100.0,
     bulk_p95_ms: Annotated[float, typer.Option(help="reference bulk read p95 limit")] = 1000.0,
-    locustfile: Annotated[Path, typer.Option()] = Path("loadtests/locustfile.py"),
+    locustfile: Annotated[Path | None, typer.Option(help="your own locustfile")] = None,
+    route: Annotated[
+        list[str] | None,
+        typer.Option(help="'[METHOD] /PATH=MS' for the shipped generic load (repeat)"),
+    ] = None,
     record: Annotated[bool, typer.Option(help="record the verdict for the phase guards")] = True,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Load the service with Locust; fail on any p95 over its limit or any failed request."""
     s = settings()
-    thresholds = (
-        gate_mod.parse_thresholds(threshold)
-        if threshold
-        else reference_thresholds(s, single_p95_ms, bulk_p95_ms)
-    )
+    env: dict[str, str] = {}
+    if route:
+        if locustfile is not None or threshold:
+            raise DualwriteError("--route drives the shipped load: drop --locustfile/--threshold")
+        routes, thresholds = gate_mod.parse_routes(route)
+        locustfile, env["DUALWRITE_GATE_ROUTES"] = gate_mod.ROUTES_LOCUSTFILE, json.dumps(routes)
+    else:
+        thresholds = (
+            gate_mod.parse_thresholds(threshold)
+            if threshold
+            else reference_thresholds(s, single_p95_ms, bulk_p95_ms)
+        )
+        locustfile = locustfile or reference_locustfile(s)
     token = s.api_token.get_secret_value() if s.api_token else None
     stats = gate_mod.run_locust(
-        host, locustfile=locustfile, users=users, duration=duration, api_token=token
+        host, locustfile=locustfile, users=users, duration=duration, api_token=token, env=env
     )
     verdict = gate_mod.judge(stats, thresholds)
 

@@ -7,6 +7,7 @@ Same guards, compare-and-swap and audit as the admin API (both call
     $ dualwrite phase set clients_pii dual_write --reason "start encryption"
     $ dualwrite phase set clients_pii read_switch --reason "gate flaky, checked by hand" --force
     $ dualwrite finalize clients_pii --reason "purge verified"
+    $ dualwrite phase set dual_write --reason "start"   # the only registered migration
 
 A refused change exits 1 and lists every failing guard, one per line. The actor recorded in the
 audit log defaults to ``cli:<user>@<host>``.
@@ -125,12 +126,15 @@ def show(
 
 
 async def _change(
-    s: Settings, name: str, target: str, *, actor: str, reason: str | None, force: bool
+    s: Settings, name: str | None, target: str, *, actor: str, reason: str | None, force: bool
 ) -> MigrationState:
     from dualwrite.control import transitions
     from dualwrite.db import open_engine
+    from dualwrite.state import registry
 
     async with open_engine(s) as engine:
+        async with engine.connect() as conn:
+            name = await registry.resolve_name(conn, name)  # one line when several
         return await transitions.change_phase(
             engine,
             name,
@@ -143,7 +147,9 @@ async def _change(
         )
 
 
-def _run_change(name: str, target: str, reason: str | None, force: bool, actor: str | None) -> None:
+def _run_change(
+    name: str | None, target: str, reason: str | None, force: bool, actor: str | None
+) -> None:
     s = settings()
     try:
         new = run_async(
@@ -157,20 +163,27 @@ def _run_change(name: str, target: str, reason: str | None, force: bool, actor: 
 @phase_app.command("set")
 @cli_errors
 def set_phase(
-    name: Annotated[str, typer.Argument(help="migration name, e.g. clients_pii")],
-    target: Annotated[str, typer.Argument(help="phase to move to (one step)")],
+    name: Annotated[
+        str, typer.Argument(help="migration name (omit it when only one is registered)")
+    ],
+    target: Annotated[str | None, typer.Argument(help="phase to move to (one step)")] = None,
     reason: Annotated[str | None, typer.Option(help="why (kept in the audit log)")] = None,
     force: Annotated[bool, typer.Option(help="override failing guards (needs --reason)")] = False,
     actor: Annotated[str | None, typer.Option(help="who (default cli:<user>@<host>)")] = None,
 ) -> None:
     """Move NAME one phase forward or back, if its guards pass (or with --force)."""
+    if target is None:  # `phase set TARGET`: the only registered migration
+        name, target = None, name  # type: ignore[assignment]
+    assert target is not None
     _run_change(name, target, reason, force, actor)
 
 
 @app.command("finalize")
 @cli_errors
 def finalize(
-    name: Annotated[str, typer.Argument(help="migration name, e.g. clients_pii")],
+    name: Annotated[
+        str | None, typer.Argument(help="migration name (default: the only registered one)")
+    ] = None,
     reason: Annotated[str | None, typer.Option(help="why (kept in the audit log)")] = None,
     force: Annotated[bool, typer.Option(help="override failing guards (needs --reason)")] = False,
     actor: Annotated[str | None, typer.Option(help="who (default cli:<user>@<host>)")] = None,

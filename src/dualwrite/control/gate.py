@@ -26,6 +26,9 @@ from typing import Any
 
 from dualwrite.errors import DualwriteError
 
+ROUTES_LOCUSTFILE = Path(__file__).resolve().parent.parent / "loadtest" / "routes.py"
+"""The generic load shipped with dualwrite: ``--route "METHOD PATH=MS"`` drives it."""
+
 DESIGN_FLOORS_MS = {"single read": 100.0, "bulk read of 100": 1000.0}
 """DESIGN §9's floors, for reference: an app names its own endpoints and limits (see
 ``clients_service.gate`` for the reference service's)."""
@@ -52,6 +55,29 @@ def parse_thresholds(items: Sequence[str]) -> dict[str, float]:
             raise DualwriteError(f"threshold {item!r} must look like 'NAME=MILLISECONDS'")
         out[name.strip()] = value
     return out
+
+
+def parse_routes(items: Sequence[str]) -> tuple[list[dict[str, str]], dict[str, float]]:
+    """``["GET /patients/1=50"]`` -> the routes the generic load calls and their thresholds.
+
+    >>> parse_routes(["GET /patients/1=50", "/patients?limit=100=400"])[1]
+    {'GET /patients/1': 50.0, 'GET /patients?limit=100': 400.0}
+    >>> parse_routes(["GET patients=5"])
+    Traceback (most recent call last):
+    ...
+    dualwrite.errors.DualwriteError: route 'GET patients=5' must look like '[METHOD] /PATH=MS'
+    """
+    routes: list[dict[str, str]] = []
+    limits = parse_thresholds(items)
+    out: dict[str, float] = {}
+    for item, (name, limit) in zip(items, limits.items(), strict=True):
+        method, _, path = name.rpartition(" ")
+        method = (method or "GET").strip().upper()
+        if not path.startswith("/") or not method.isalpha():
+            raise DualwriteError(f"route {item!r} must look like '[METHOD] /PATH=MS'")
+        routes.append({"method": method, "path": path, "name": f"{method} {path}"})
+        out[f"{method} {path}"] = limit
+    return routes, out
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,9 +21,17 @@ Normalisation is part of the format: changing it means recomputing every index.
 - ``email``: strip surrounding whitespace, casefold;
 - ``phone``: keep the ASCII digits only — ``+``, spaces, dots, dashes and brackets are dropped,
   so ``+1 555 0100`` and ``1-555-0100`` match, but ``555 0100`` (no country code) does not;
-- ``text``: strip, casefold, collapse inner whitespace runs to one space.
+- ``text``: strip, casefold, collapse inner whitespace runs to one space;
+- ``exact``: the value as it is (the canonical text of a typed value: a date of birth, a
+  number), no normalisation at all.
 
-A value that normalises to the empty string has no index (``None``), like ``None`` itself.
+A value that normalises to the empty string has no index (``None``), like ``None`` itself
+(``exact`` indexes the empty string too).
+
+``unique`` fields keep the original constraint's equality with :meth:`BlindIndex.unique`, a
+full 32-byte HMAC of the exact value under its own domain
+(``HMAC-SHA256(BLIND_INDEX_KEY, b"dualwrite.uidx.v1|" + value)``), stored in ``<name>_uidx``
+with a UNIQUE index.
 """
 
 from __future__ import annotations
@@ -38,13 +46,14 @@ from dualwrite.errors import KeyringError
 if TYPE_CHECKING:
     from dualwrite.config import Settings
 
-__all__ = ["BLIND_INDEX_DOMAIN", "BlindIndex", "Kind"]
+__all__ = ["BLIND_INDEX_DOMAIN", "UNIQUE_INDEX_DOMAIN", "BlindIndex", "Kind"]
 
-Kind = Literal["email", "phone", "text"]
+Kind = Literal["email", "phone", "text", "exact"]
 BLIND_INDEX_DOMAIN = b"dualwrite.bidx.v1|"
+UNIQUE_INDEX_DOMAIN = b"dualwrite.uidx.v1|"
 MIN_KEY_BYTES = 32
 _KIND_TAGS: dict[str, bytes] = {
-    k: BLIND_INDEX_DOMAIN + k.encode("ascii") + b"|" for k in ("email", "phone", "text")
+    k: BLIND_INDEX_DOMAIN + k.encode("ascii") + b"|" for k in ("email", "phone", "text", "exact")
 }
 _ASCII_DIGITS = frozenset("0123456789")
 
@@ -90,6 +99,8 @@ class BlindIndex:
         """
         if not isinstance(value, str):
             raise TypeError(f"blind index value must be str, got {type(value).__name__}")
+        if kind == "exact":
+            return value
         text = unicodedata.normalize("NFKC", value)
         if kind == "email":
             return text.strip().casefold()
@@ -97,7 +108,7 @@ class BlindIndex:
             return "".join(ch for ch in text if ch in _ASCII_DIGITS)
         if kind == "text":
             return " ".join(text.casefold().split())
-        raise ValueError("blind index kind must be 'email', 'phone' or 'text'")
+        raise ValueError("blind index kind must be 'email', 'phone', 'text' or 'exact'")
 
     def compute(self, value: str | None, kind: Kind) -> bytes | None:
         """The index of ``value``; ``None`` for ``None`` or a value that normalises to empty.
@@ -109,7 +120,7 @@ class BlindIndex:
         if value is None:
             return None
         normal = self.normalize(value, kind)
-        if not normal:
+        if not normal and kind != "exact":
             return None
         try:
             message = _KIND_TAGS[kind] + normal.encode("utf-8")
@@ -131,6 +142,21 @@ class BlindIndex:
             return None
         digest = self.compute(value, kind)
         return b"" if digest is None else digest
+
+    def unique(self, value: str | None) -> bytes | None:
+        """The ``<name>_uidx`` of a ``unique`` field's exact value (its canonical equality text).
+
+        >>> b = BlindIndex(bytes(32))
+        >>> len(b.unique("a@x.io")), b.unique("a@x.io") == b.unique("A@x.io"), b.unique(None)
+        (32, False, None)
+        """
+        if value is None:
+            return None
+        try:
+            message = UNIQUE_INDEX_DOMAIN + value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("unique index value is not valid Unicode (lone surrogate)") from None
+        return hmac.digest(self._key, message, "sha256")
 
     def __reduce__(self) -> str | tuple[object, ...]:
         raise TypeError("BlindIndex cannot be pickled (it would copy key material)")

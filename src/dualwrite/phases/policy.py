@@ -67,6 +67,7 @@ FORWARD_GUARDS: Mapping[Phase, tuple[Guard, ...]] = MappingProxyType(
             fleet_observed(Phase.BACKFILL),
         ),
         Phase.READ_SWITCH: (
+            schema_expanded,  # includes the unique fields' valid UNIQUE indexes
             fleet_observed(Phase.READ_SWITCH),
             soak_time,
             no_shadow_mismatches,

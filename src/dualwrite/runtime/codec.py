@@ -28,7 +28,9 @@ Rules it implements (DESIGN.md §5, §6):
   from plaintext when the phase allows it (``fallback_to_plaintext``), counted as a read fallback;
 * a sample of reads (``shadow_sample_rate``, per row) also checks the other source; a
   mismatch is counted and logged with table/column only, never the values;
-* a ciphertext that does not decrypt raises :class:`~dualwrite.errors.DecryptionError` (counted).
+* a ciphertext that does not decrypt raises :class:`~dualwrite.errors.DecryptionError` (counted);
+* typed values are encrypted as their canonical text (:mod:`dualwrite.crypto.values`) and read
+  back as the column's type; a ``unique`` field also writes ``<name>_uidx``.
 
 Metrics: ``dualwrite_crypto_operation_duration_seconds{operation="encrypt"|"decrypt"}`` gets one
 observation per row (all its fields together), which is the per-client overhead that matters.
@@ -40,13 +42,13 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from dualwrite.crypto import BlindIndex, FieldCipher
 from dualwrite.errors import DecryptionError, EncryptionUnavailableError
 from dualwrite.metrics import Metrics
 from dualwrite.phases import Behaviour, ReadSource
+from dualwrite.runtime.layout import ReadLayout, _Field, read_columns
 from dualwrite.spec import MigrationSpec
 
 __all__ = [
@@ -66,49 +68,6 @@ class ReadEventSink(Protocol):
     phase guards (the :class:`dualwrite.runtime.watcher.PhaseWatcher` is one)."""
 
     def count_read_event(self, name: str, kind: str, n: int = 1) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class _Field:
-    name: str
-    plaintext: str
-    ciphertext: str
-    bidx: str | None
-    kind: Any  # "email" | "phone" | "text" | None
-
-
-@dataclass(frozen=True, slots=True)
-class ReadLayout:
-    """Where each field's plaintext/ciphertext sits in a fetched row tuple, for one phase."""
-
-    behaviour: Behaviour
-    slots: tuple[tuple[_Field, int | None, int | None], ...]  # (field, plaintext idx, ct idx)
-
-
-def read_columns(spec: MigrationSpec, behaviour: Behaviour) -> tuple[str, ...]:
-    """The encrypted-field columns a read in this phase selects, in a fixed order.
-
-    Plaintext when the phase reads it, shadow-compares against it or may fall back to it (and
-    the column exists); ciphertext when the phase reads or shadow-compares it.
-
-    >>> from dualwrite.phases import behaviour
-    >>> from dualwrite.spec import FieldSpec, MigrationSpec
-    >>> spec = MigrationSpec("t_pii", "t", (FieldSpec("a"),))
-    >>> [read_columns(spec, behaviour(p)) for p in ("dual_write", "backfill", "finalized")]
-    [('a',), ('a', 'a_encrypted'), ('a_encrypted',)]
-    """
-    b = behaviour
-    want_pt = b.plaintext_column_exists and (
-        b.reads_from is ReadSource.PLAINTEXT or b.shadow_compare or b.fallback_to_plaintext
-    )
-    want_ct = b.reads_from is ReadSource.CIPHERTEXT or b.shadow_compare
-    out: list[str] = []
-    for f in spec.fields:
-        if want_pt:
-            out.append(f.plaintext_column)
-        if want_ct:
-            out.append(f.ciphertext_column)
-    return tuple(out)
 
 
 class FieldCodec:
@@ -139,12 +98,7 @@ class FieldCodec:
         self.events = events
         self.shadow_sample_rate = shadow_sample_rate
         self._sample = sample
-        self._fields = {
-            f.name: _Field(
-                f.name, f.plaintext_column, f.ciphertext_column, f.bidx_column, f.blind_index
-            )
-            for f in spec.fields
-        }
+        self._fields = {f.name: _Field.of(f) for f in spec.fields}
         self._unavailable = self._why_unavailable(unavailable_reason)
         m, name = self.metrics, spec.name
         self._enc_timer = m.crypto_duration.labels(operation="encrypt")
@@ -164,7 +118,7 @@ class FieldCodec:
     def _why_unavailable(self, reason: str | None) -> str | None:
         if self.cipher is None:
             return reason or "no encryption keyring is loaded"
-        if self.blind_index is None and self.spec.searchable:
+        if self.blind_index is None and (self.spec.searchable or self.spec.unique_fields):
             return reason or "no blind index key (BLIND_INDEX_KEY) is configured"
         return None
 
@@ -198,35 +152,49 @@ class FieldCodec:
         f = self._fields[field]
         if f.kind is None:
             raise ValueError(f"field {field} has no blind index")
+        return self._index_key().compute(f.vt.text_of(value), f.kind)
+
+    def unique_for(self, field: str, value: Any) -> bytes | None:
+        """The ``<name>_uidx`` of ``value`` for a ``unique`` field (``None`` for None)."""
+        vt, key = self._fields[field].vt, self._index_key()
+        text = vt.text_of(value)
+        return None if text is None else key.unique(vt.equality_text(text))
+
+    def _index_key(self) -> BlindIndex:
         if self.blind_index is None:
             self.require_encryption()
             raise EncryptionUnavailableError("no blind index key (BLIND_INDEX_KEY) is configured")
-        return self.blind_index.compute(value, f.kind)
+        return self.blind_index
 
     def encode_field(
-        self, field: str, value: str | None, row_key: str
+        self, field: str, value: Any, row_key: str
     ) -> tuple[bytes | None, bytes | None]:
         """``(ciphertext, blind index)`` of one value (blind index ``None`` if not searchable)."""
         self.require_encryption()
         f = self._fields[field]
         assert self.cipher is not None
-        ct = self.cipher.encrypt(value, table=self.spec.table, column=f.name, row_key=row_key)
-        bidx = self.blind_index.stored(value, f.kind) if f.kind and self.blind_index else None
+        text = f.vt.text_of(value)
+        ct = self.cipher.encrypt(text, table=self.spec.aad_table, column=f.name, row_key=row_key)
+        bidx = self.blind_index.stored(text, f.kind) if f.kind and self.blind_index else None
         return ct, bidx
 
-    def decrypt_field(self, field: str, ciphertext: bytes | None, row_key: str) -> str | None:
-        """Decrypt one stored value; a failure is counted and raised as ``DecryptionError``."""
+    def decrypt_field(self, field: str, ciphertext: bytes | None, row_key: str) -> Any:
+        """Decrypt one stored value (to the column's Python type); a failure is counted and
+        raised as ``DecryptionError``."""
         cipher = self._require_cipher()
         try:
-            return cipher.decrypt(ciphertext, table=self.spec.table, column=field, row_key=row_key)
+            text = cipher.decrypt(
+                ciphertext, table=self.spec.aad_table, column=field, row_key=row_key
+            )
         except DecryptionError as exc:
             self._count_decrypt_failure(field, exc)
             raise
+        return self._fields[field].vt.value_of(text)
 
     # --- writes ----------------------------------------------------------------------------
 
     def write_columns(
-        self, behaviour: Behaviour, values: Mapping[str, str | None], row_key: str
+        self, behaviour: Behaviour, values: Mapping[str, Any], row_key: str
     ) -> dict[str, Any]:
         """The column values this phase writes for ``values`` (only the fields given).
 
@@ -242,7 +210,7 @@ class FieldCodec:
             self.require_encryption()
             cipher, bidx = self.cipher, self.blind_index
             assert cipher is not None
-            encrypt, table = cipher.encrypt, self.spec.table
+            encrypt, table = cipher.encrypt, self.spec.aad_table
             started = _perf()
         for name, value in values.items():
             f = fields.get(name)
@@ -253,9 +221,12 @@ class FieldCodec:
             elif b.nulls_plaintext:
                 out[f.plaintext] = None
             if encrypting:
-                out[f.ciphertext] = encrypt(value, table=table, column=name, row_key=row_key)
+                text = f.vt.text_of(value)  # typed fields: the value as PostgreSQL will store it
+                out[f.ciphertext] = encrypt(text, table=table, column=name, row_key=row_key)
                 if f.bidx is not None:
-                    out[f.bidx] = bidx.stored(value, f.kind) if bidx is not None else None
+                    out[f.bidx] = bidx.stored(text, f.kind) if bidx is not None else None
+                if f.uidx is not None:
+                    out[f.uidx] = self.unique_for(name, value)
         if encrypting:
             self._enc_timer.observe(_perf() - started)
         return out
@@ -283,14 +254,14 @@ class FieldCodec:
         row: Sequence[Any],
         row_key: str,
         fields: Iterable[str] | None = None,
-    ) -> dict[str, str | None]:
+    ) -> dict[str, Any]:
         """The plain values of one fetched row (all fields, or only ``fields``)."""
         b = layout.behaviour
         slots = layout.slots
         if fields is not None:
             wanted = set(fields)
             slots = tuple(s for s in slots if s[0].name in wanted)
-        out: dict[str, str | None] = {}
+        out: dict[str, Any] = {}
         if b.reads_from is ReadSource.PLAINTEXT:
             for f, pt_i, _ in slots:
                 out[f.name] = row[pt_i] if pt_i is not None else None
@@ -298,7 +269,7 @@ class FieldCodec:
                 self._shadow_check_ciphertext(slots, row, row_key, out)
             return out
         cipher = self._require_cipher()
-        decrypt, table = cipher.decrypt, self.spec.table
+        decrypt, table = cipher.decrypt, self.spec.aad_table
         fallback = b.fallback_to_plaintext
         started = _perf()
         for f, pt_i, ct_i in slots:
@@ -310,10 +281,11 @@ class FieldCodec:
                 out[f.name] = plain
                 continue
             try:
-                out[f.name] = decrypt(ct, table=table, column=f.name, row_key=row_key)
+                text = decrypt(ct, table=table, column=f.name, row_key=row_key)
             except DecryptionError as exc:
                 self._count_decrypt_failure(f.name, exc)
                 raise
+            out[f.name] = f.vt.value_of(text)
         self._dec_timer.observe(_perf() - started)
         if b.shadow_compare and self._sampled():
             self._shadow_check_plaintext(slots, row, out)
@@ -328,19 +300,20 @@ class FieldCodec:
         slots: Sequence[tuple[_Field, int | None, int | None]],
         row: Sequence[Any],
         row_key: str,
-        served: Mapping[str, str | None],
+        served: Mapping[str, Any],
     ) -> None:
         """Plaintext was served: decrypt the ciphertexts present and compare (backfill)."""
         if self.cipher is None:
             return
         self._shadow_reads.inc()
-        decrypt, table = self.cipher.decrypt, self.spec.table
+        decrypt, table = self.cipher.decrypt, self.spec.aad_table
         for f, _, ct_i in slots:
             ct = row[ct_i] if ct_i is not None else None
             if ct is None:
                 continue  # not backfilled yet: nothing to compare
             try:
-                same = decrypt(ct, table=table, column=f.name, row_key=row_key) == served[f.name]
+                same = f.vt.same(decrypt(ct, table=table, column=f.name, row_key=row_key),
+                              served[f.name])  # fmt: skip
             except DecryptionError as exc:
                 self._decrypt_failures[f.name].inc()
                 log.warning("shadow read: %s", exc)
@@ -352,14 +325,14 @@ class FieldCodec:
         self,
         slots: Sequence[tuple[_Field, int | None, int | None]],
         row: Sequence[Any],
-        served: Mapping[str, str | None],
+        served: Mapping[str, Any],
     ) -> None:
         """Ciphertext was served: compare with the plaintext column (read_switch)."""
         self._shadow_reads.inc()
         for f, pt_i, ct_i in slots:
             if pt_i is None or ct_i is None or row[ct_i] is None:
                 continue  # a fallback already served (and counted) the plaintext
-            if row[pt_i] != served[f.name]:
+            if not f.vt.equal(row[pt_i], served[f.name]):
                 self._count_mismatch(f.name, "plaintext")
 
     # --- counting --------------------------------------------------------------------------

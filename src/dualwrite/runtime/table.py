@@ -29,6 +29,12 @@ plaintext is being purged) it is ``bidx = :b`` alone. The plaintext arm compares
 computed in SQL (``lower(btrim(email))``, digits of a phone), a close but not exact copy of the
 blind-index normalisation (no Unicode NFKC/casefold in SQL); :meth:`EncryptedTable.matches`
 re-checks the decoded rows with the exact rule, so every phase answers the same for ASCII data.
+An ``exact`` field (a date of birth) compares the plaintext column with the value itself.
+
+Server-generated keys (identity, serial): :meth:`EncryptedTable.insert` without the key runs
+``INSERT ... RETURNING <key>`` (plaintext per the phase, no ciphertext) and then, in the same
+transaction, an ``UPDATE`` writing the ciphertexts bound to the key the database chose -- a
+ciphertext is never computed for a key that is not the row's.
 """
 
 from __future__ import annotations
@@ -44,20 +50,19 @@ from sqlalchemy import (
     MetaData,
     Row,
     Table,
-    and_,
     func,
     insert,
-    literal,
-    or_,
     select,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnClause
 
-from dualwrite.crypto import BlindIndex, row_key_of
+from dualwrite.crypto import row_key_of
 from dualwrite.phases import Behaviour
 from dualwrite.runtime.codec import FieldCodec, ReadLayout, read_columns
+from dualwrite.runtime.search import matches, search_clause, table_matches, without_ciphertext
+from dualwrite.schema.sql import added_columns
 from dualwrite.spec import MigrationSpec
 
 __all__ = [
@@ -118,7 +123,7 @@ class EncryptedTable:
     ) -> None:
         plain = plain_table_of(model_or_table)
         spec = codec.spec
-        if plain.name != spec.table:
+        if not table_matches(plain, spec):
             raise ValueError(f"table {plain.name} is not the table of migration {spec.name}")
         missing = [f for f in spec.field_names if f not in plain.c]
         if missing:
@@ -127,16 +132,17 @@ class EncryptedTable:
             raise ValueError(f"table {plain.name} has no primary key column {spec.primary_key}")
         self.spec: MigrationSpec = spec
         self.codec = codec
-        columns: list[Column[Any]] = [c._copy() for c in plain.columns]
-        for f in spec.fields:
-            columns.append(Column(f.ciphertext_column, LargeBinary))
-            if f.bidx_column:
-                columns.append(Column(f.bidx_column, LargeBinary))
+        added = [c for f in spec.fields for c in added_columns(f)]
+        # a model declared with dualwrite.runtime.orm already carries the added columns
+        columns: list[Column[Any]] = [c._copy() for c in plain.columns if c.name not in added]
+        columns += [Column(c, LargeBinary) for c in added]
         self.table = Table(plain.name, MetaData(), *columns, schema=plain.schema)
         self.c = self.table.c
         self.key = self.table.c[spec.primary_key]
         self._field_names = frozenset(spec.field_names)
-        self._other = tuple(c.name for c in plain.columns if c.name not in self._field_names)
+        self._other = tuple(
+            c.name for c in plain.columns if c.name not in self._field_names and c.name not in added
+        )
         self._key_index = self._other.index(spec.primary_key)
         self._updated_at = updated_at if updated_at and updated_at in plain.c else None
         self._select_cache: dict[
@@ -218,13 +224,34 @@ class EncryptedTable:
         self, conn: AsyncConnection, behaviour: Behaviour, values: Mapping[str, Any]
     ) -> dict[str, Any]:
         """INSERT one row; returns it as a plain dict (server defaults included)."""
-        params = self.insert_params(behaviour, values)
         returning = [self.table.c[n] for n in self._other]
-        row = (await conn.execute(insert(self.table).values(params).returning(*returning))).one()
+        if values.get(self.spec.primary_key) is None:  # the database picks the key
+            row = await self._insert_then_encrypt(conn, behaviour, values, returning)
+        else:
+            params = self.insert_params(behaviour, values)
+            stmt = insert(self.table).values(params).returning(*returning)
+            row = (await conn.execute(stmt)).one()
         item = dict(zip(self._other, row, strict=True))
         for name in self.spec.field_names:
             item[name] = values.get(name)
         return item
+
+    async def _insert_then_encrypt(
+        self, conn: AsyncConnection, b: Behaviour, values: Mapping[str, Any], returning: Any
+    ) -> Row[Any]:
+        """``INSERT ... RETURNING`` without ciphertext, then the ciphertext for the key the
+        database generated, in the caller's transaction (see the module docstring)."""
+        params = {k: v for k, v in values.items() if k not in self._field_names}
+        plain = self.codec.write_columns(without_ciphertext(b), values, "0")
+        row = (await conn.execute(
+            insert(self.table).values({**params, **plain}).returning(*returning)
+        )).one()  # fmt: skip
+        key = row[self._key_index]
+        if b.writes_ciphertext:
+            cols = self.codec.write_columns(b, values, row_key_of(key))
+            sealed = {c: v for c, v in cols.items() if c not in self._field_names}
+            await conn.execute(update(self.table).where(self.key == key).values(sealed))
+        return row
 
     async def update(
         self,
@@ -305,37 +332,16 @@ class EncryptedTable:
         """The blind index of ``value`` for searchable ``field``."""
         return self.codec.bidx_for(field, value)
 
-    def search_clause(self, behaviour: Behaviour, field: str, value: str) -> ColumnElement[bool]:
+    def search_clause(self, behaviour: Behaviour, field: str, value: Any) -> ColumnElement[bool]:
         """WHERE clause finding ``field == value`` after normalisation (see module docstring).
 
         Decoded candidates must be re-checked with :meth:`matches`.
         """
-        f = self.spec.field(field)
-        if f.blind_index is None or f.bidx_column is None:
-            raise ValueError(f"field {field} is not searchable")
-        bidx_col = self.table.c[f.bidx_column]
-        digest = self.codec.bidx_for(field, value) if self.codec.can_encrypt else None
-        by_index: ColumnElement[bool] = bidx_col == digest if digest is not None else literal(False)
-        if not (behaviour.writes_plaintext and behaviour.plaintext_column_exists):
-            return by_index
-        plain = self.table.c[f.plaintext_column]
-        normal = BlindIndex.normalize(value, f.blind_index)
-        loose: ColumnElement[Any]
-        if f.blind_index == "email":
-            loose, wanted = func.lower(func.btrim(plain)), normal.lower()
-        elif f.blind_index == "phone":
-            loose, wanted = func.regexp_replace(plain, "[^0-9]", "", "g"), normal
-        else:
-            loose = func.lower(func.regexp_replace(func.btrim(plain), r"\s+", " ", "g"))
-            wanted = normal.lower()
-        return or_(by_index, and_(bidx_col.is_(None), loose == wanted))
+        return search_clause(self.table, self.codec, behaviour, field, value)
 
-    def matches(self, field: str, stored: str | None, wanted: str) -> bool:
+    def matches(self, field: str, stored: Any, wanted: Any) -> bool:
         """Whether a decoded ``stored`` value equals ``wanted`` under the blind-index rule."""
-        kind = self.spec.field(field).blind_index
-        if stored is None or kind is None:
-            return False
-        return BlindIndex.normalize(stored, kind) == BlindIndex.normalize(wanted, kind)
+        return matches(self.spec, field, stored, wanted)
 
     def column(self, name: str) -> ColumnClause[Any]:
         return self.table.c[name]

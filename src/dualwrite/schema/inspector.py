@@ -17,6 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from dualwrite.schema import sql as schema_sql
+from dualwrite.schema import unique
 from dualwrite.spec import MigrationSpec
 
 __all__ = [
@@ -29,8 +30,8 @@ __all__ = [
 ]
 
 _PRESENT_COLUMNS = (
-    "SELECT count(*) FROM information_schema.columns WHERE table_schema = current_schema() "
-    "AND table_name = :t AND column_name = ANY(:cols)"
+    "SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass(:t) AND attnum > 0 "
+    "AND NOT attisdropped AND attname = ANY(:cols)"
 )
 
 
@@ -49,7 +50,7 @@ class Coverage:
 
 
 async def _count_present(conn: AsyncConnection, spec: MigrationSpec, columns: list[str]) -> int:
-    found = await conn.execute(text(_PRESENT_COLUMNS), {"t": spec.table, "cols": columns})
+    found = await conn.execute(text(_PRESENT_COLUMNS), {"t": spec.sql_table, "cols": columns})
     return int(found.scalar_one())
 
 
@@ -65,16 +66,21 @@ async def trigger_enabled(conn: AsyncConnection, table: str, trigger: str) -> st
 
 
 async def schema_expanded(conn: AsyncConnection, spec: MigrationSpec) -> bool:
-    """Every ciphertext (and blind-index) column exists, and so does the guard trigger, enabled
-    ALWAYS: the stale-ciphertext trigger while the plaintext columns exist, the key guard after
-    the contract dropped them."""
-    wanted = [f.ciphertext_column for f in spec.fields]
-    wanted += [f.bidx_column for f in spec.fields if f.bidx_column]
+    """Every ciphertext (blind-index, unique-HMAC) column exists, every ``unique`` field's
+    UNIQUE index is there and valid, and so is the guard trigger, enabled ALWAYS: the
+    stale-ciphertext trigger while the plaintext columns exist, the key guard after the contract
+    dropped them."""
+    wanted = [c for f in spec.fields for c in schema_sql.added_columns(f)]
     if await _count_present(conn, spec, wanted) != len(wanted):
         return False
+    for f in spec.unique_fields:  # must enforce before contract stops the plaintext constraint
+        params = {"name": unique.unique_index_name(spec, f), "t": spec.sql_table}
+        found = await conn.execute(text(unique.UNIQUE_INDEX_STATE_SQL), params)
+        if found.scalar() is not True:
+            return False
     plaintext = await plaintext_columns_present(conn, spec)
     trigger = schema_sql.STALE_GUARD_TRIGGER if plaintext else schema_sql.KEY_GUARD_TRIGGER
-    return await trigger_enabled(conn, spec.table, trigger) == "A"
+    return await trigger_enabled(conn, spec.sql_table, trigger) == "A"
 
 
 async def column_types(conn: AsyncConnection, table: str) -> dict[str, str]:
@@ -95,7 +101,7 @@ async def coverage(conn: AsyncConnection, spec: MigrationSpec) -> Coverage:
     incomplete = schema_sql.plaintext_incomplete_predicate(spec)
     remaining = schema_sql.plaintext_remaining_predicate(spec)
     if not await plaintext_columns_present(conn, spec):
-        total = (await conn.execute(text(f"SELECT count(*) FROM {spec.table}"))).scalar_one()
+        total = (await conn.execute(text(f"SELECT count(*) FROM {spec.sql_table}"))).scalar_one()
         return Coverage(int(total), 0, 0, 0)
     row = (
         await conn.execute(
@@ -104,7 +110,7 @@ async def coverage(conn: AsyncConnection, spec: MigrationSpec) -> Coverage:
                 f"count(*) FILTER (WHERE {missing}) AS missing, "
                 f"count(*) FILTER (WHERE {incomplete}) AS incomplete, "
                 f"count(*) FILTER (WHERE {remaining}) AS remaining "
-                f"FROM {spec.table}"
+                f"FROM {spec.sql_table}"
             )
         )
     ).one()

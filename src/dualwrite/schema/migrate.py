@@ -12,6 +12,7 @@ only through ``dualwrite finalize`` once its guards pass.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -88,7 +89,40 @@ def _crosses_contract(cfg: Config, connection: Connection, target: str) -> str |
     return None
 
 
+def runs_own_engine(cfg: Config) -> bool:
+    """Whether the project's ``env.py`` builds its own engine (an unmodified ``alembic init`` or
+    ``alembic init -t async`` environment) instead of using the connection dualwrite hands over
+    in ``config.attributes["connection"]``."""
+    try:
+        env = Path(ScriptDirectory.from_config(cfg).dir) / "env.py"
+        source = env.read_text(encoding="utf-8")
+    except Exception:
+        return False
+    return 'attributes.get("connection")' not in source and "attributes['connection']" not in source
+
+
+def _point_at(cfg: Config, engine: AsyncEngine) -> None:
+    """Give an unmodified environment dualwrite's database when ``sqlalchemy.url`` is unset (or
+    the template's placeholder): the async template takes the asyncpg URL, the sync one the
+    same database through psycopg."""
+    current = cfg.get_main_option("sqlalchemy.url") or ""
+    if current and not current.startswith("driver://"):
+        return
+    env = Path(ScriptDirectory.from_config(cfg).dir) / "env.py"
+    url = engine.url
+    if "async_engine_from_config" not in env.read_text(encoding="utf-8"):
+        url = url.set(drivername="postgresql+psycopg")
+    cfg.set_main_option(
+        "sqlalchemy.url", url.render_as_string(hide_password=False).replace("%", "%%")
+    )
+
+
 async def _run(engine: AsyncEngine, cfg: Config, settings: Settings | None, fn: object) -> None:
+    if runs_own_engine(cfg):  # its env.py connects by itself (and may call asyncio.run)
+        _point_at(cfg, engine)
+        await asyncio.to_thread(fn, None)  # type: ignore[arg-type]
+        return
+
     def go(sync_conn: Connection) -> None:
         cfg.attributes["connection"] = sync_conn
         cfg.attributes["settings"] = settings
@@ -114,18 +148,15 @@ async def upgrade(
     unless ``allow_contract`` (only ``dualwrite finalize`` sets it). Then brings dualwrite's own
     state tables to their latest revision (:mod:`dualwrite.schema.state_revisions`)."""
     target = revision or expand_target(cfg)
-
-    def go(conn: Connection) -> None:
-        if not allow_contract:
-            crossing = _crosses_contract(cfg, conn, target)
-            if crossing is not None:
-                raise DualwriteError(
-                    f"revision {crossing} is a contract revision (drops plaintext): "
-                    "it runs only through `dualwrite finalize`"
-                )
-        command.upgrade(cfg, target)
-
-    await _run(engine, cfg, settings, go)
+    if not allow_contract:
+        async with engine.connect() as conn:
+            crossing = await conn.run_sync(lambda c: _crosses_contract(cfg, c, target))
+        if crossing is not None:
+            raise DualwriteError(
+                f"revision {crossing} is a contract revision (drops plaintext): "
+                "it runs only through `dualwrite finalize`"
+            )
+    await _run(engine, cfg, settings, lambda conn: command.upgrade(cfg, target))
     async with engine.begin() as conn:  # dualwrite's own state tables: always the latest revision
         await upgrade_state_tables(conn)
 

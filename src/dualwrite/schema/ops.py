@@ -21,11 +21,17 @@ from __future__ import annotations
 import json
 
 from alembic import op
+from alembic.util import CommandError
 from sqlalchemy import text
 
 from dualwrite.errors import DualwriteError
-from dualwrite.schema import sql, state_revisions
+from dualwrite.schema import sql, state_revisions, unique
 from dualwrite.spec import MigrationSpec
+
+
+class ContractRefusedError(DualwriteError, CommandError):
+    """The contract revision refused to run (Alembic's CLI prints it as one ``FAILED:`` line;
+    the revision changed nothing)."""
 
 
 def create_state_tables() -> None:
@@ -43,20 +49,26 @@ def drop_state_tables() -> None:
 
 
 def expand(spec: MigrationSpec, *, concurrently: bool = True) -> None:
-    """Add ciphertext/blind-index columns, the stale-ciphertext trigger, indexes, and register
-    ``spec`` in phase ``plaintext``."""
+    """Add ciphertext/blind-index/unique-HMAC columns, the stale-ciphertext trigger, indexes
+    (the UNIQUE ``_uidx`` indexes of ``unique`` fields too, after listing any duplicates), and
+    register ``spec`` in phase ``plaintext``."""
     bind = op.get_bind()
     not_null = [
         row[0]
         for row in bind.execute(
             text(
-                "SELECT column_name FROM information_schema.columns WHERE table_schema = "
-                "current_schema() AND table_name = :t AND is_nullable = 'NO' "
-                "AND column_name = ANY(:cols)"
+                "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(:t) "
+                "AND attnum > 0 AND NOT attisdropped AND attnotnull AND attname = ANY(:cols)"
             ),
-            {"t": spec.table, "cols": list(spec.field_names)},
+            {"t": spec.sql_table, "cols": list(spec.field_names)},
         )
     ]
+    for f in spec.unique_fields:  # an index the backfill would violate is never built
+        groups = [
+            (int(n), list(keys)) for n, keys in bind.execute(text(unique.duplicates_sql(spec, f)))
+        ]
+        if groups:
+            raise DualwriteError(unique.describe_duplicates(f.name, groups))
     for statement in sql.expand_columns_ddl(spec):
         op.execute(statement)
     for statement in sql.stale_guard_ddl(spec):
@@ -64,11 +76,19 @@ def expand(spec: MigrationSpec, *, concurrently: bool = True) -> None:
     for f in spec.searchable:
         assert f.bidx_column is not None
         name = sql.blind_index_name(spec, f.bidx_column)
-        if bind.execute(text(sql.INVALID_INDEX_SQL), {"name": name}).first() is not None:
-            _build_indexes(
-                [f"DROP INDEX {'CONCURRENTLY ' if concurrently else ''}{name}"], concurrently
-            )
+        found = bind.execute(text(sql.INVALID_INDEX_SQL), {"name": name, "t": spec.sql_table})
+        if found.first() is not None:
+            where = f'"{spec.schema}".' if spec.schema else ""
+            how = "CONCURRENTLY " if concurrently else ""
+            _build_indexes([f'DROP INDEX {how}{where}"{name}"'], concurrently)
+    for f in spec.unique_fields:
+        name = unique.unique_index_name(spec, f)
+        found = bind.execute(text(sql.INVALID_INDEX_SQL), {"name": name, "t": spec.sql_table})
+        if found.first() is not None:
+            drop = unique.drop_unique_index_ddl(spec, f, concurrently=concurrently)
+            _build_indexes([drop], concurrently)
     _build_indexes(sql.blind_index_ddl(spec, concurrently=concurrently), concurrently)
+    _build_indexes(unique.unique_index_ddl(spec, concurrently=concurrently), concurrently)
     bind.execute(
         text(
             "INSERT INTO dualwrite_migrations (name, table_name, spec, schema_notes) "
@@ -111,16 +131,26 @@ def contract(spec: MigrationSpec) -> None:
         text("SELECT phase FROM dualwrite_migrations WHERE name = :n"), {"n": spec.name}
     ).scalar()
     if phase not in ("contract", "finalized"):
-        raise DualwriteError(
+        raise ContractRefusedError(
             f"migration {spec.name} is in phase {phase}: the contract revision runs only "
             "from contract, through `dualwrite finalize`"
         )
     remaining = bind.execute(text(sql.count_plaintext_remaining_sql(spec))).scalar()
     if remaining:
-        raise DualwriteError(
+        raise ContractRefusedError(
             f"{remaining} rows of {spec.table} still hold plaintext: run "
             "`dualwrite backfill --mode purge` first"
         )
+    for f in spec.unique_fields:  # the plaintext constraints go with the columns
+        name = unique.unique_index_name(spec, f)
+        state = bind.execute(
+            text(unique.UNIQUE_INDEX_STATE_SQL), {"name": name, "t": spec.sql_table}
+        )
+        if state.scalar() is not True:
+            raise ContractRefusedError(
+                f"the UNIQUE index {name} of field {f.name} is missing or not valid: run the "
+                "expand again before the contract"
+            )
     for statement in sql.contract_ddl(spec):
         op.execute(statement)
 

@@ -4,12 +4,16 @@
 >>> spec = MigrationSpec("t_pii", "t", (FieldSpec("email", blind_index="email"),))
 >>> for clause in expand_columns_ddl(spec)[0].split(", "):
 ...     print(clause)
-ALTER TABLE t ADD COLUMN IF NOT EXISTS email_encrypted bytea
-ADD COLUMN IF NOT EXISTS email_bidx bytea
+ALTER TABLE "t" ADD COLUMN IF NOT EXISTS "email_encrypted" bytea
+ADD COLUMN IF NOT EXISTS "email_bidx" bytea
 >>> print(missing_ciphertext_predicate(spec))
-((email IS NOT NULL AND (email_encrypted IS NULL OR email_bidx IS NULL)))
+(("email" IS NOT NULL AND ("email_encrypted" IS NULL OR "email_bidx" IS NULL)))
 
-Identifiers come from a validated spec (lower-case SQL identifiers only), never from user input.
+Identifiers come from a validated spec (lower-case SQL identifiers only), never from user input,
+and every one is emitted quoted (a table named ``user`` or ``order`` works). A table outside
+``public`` is ``"schema"."table"``; the functions derived from it live in the same schema and
+their names (:func:`derived_name`) stay within 63 bytes and unique per schema. ``unique``
+fields add ``<name>_uidx`` (see :mod:`dualwrite.schema.unique` for its index).
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from __future__ import annotations
 import hashlib
 
 from dualwrite.crypto import is_version_label
-from dualwrite.spec import MigrationSpec
+from dualwrite.spec import FieldSpec, MigrationSpec
+from dualwrite.spec import quote_ident as _q
 
 KEEP_CIPHERTEXT_SETTING = "dualwrite.keep_ciphertext"
 """Transaction-local setting the stale guard honours: framework writes that change plaintext on
@@ -41,17 +46,20 @@ KEY_GUARD_TRIGGER = "dualwrite_key_guard"
 """Name of the trigger that replaces it after the contract (guards primary-key changes only)."""
 
 
+def added_columns(f: FieldSpec) -> list[str]:
+    """The columns the expand adds for one field: ciphertext, blind index, unique HMAC."""
+    return [c for c in (f.ciphertext_column, f.bidx_column, f.uidx_column) if c]
+
+
 def expand_columns_ddl(spec: MigrationSpec) -> list[str]:
-    adds: list[str] = []
-    for f in spec.fields:
-        adds.append(f"ADD COLUMN IF NOT EXISTS {f.ciphertext_column} bytea")
-        if f.bidx_column:
-            adds.append(f"ADD COLUMN IF NOT EXISTS {f.bidx_column} bytea")
+    adds = [
+        f"ADD COLUMN IF NOT EXISTS {_q(c)} bytea" for f in spec.fields for c in added_columns(f)
+    ]
     # contract writes NULL plaintext: a NOT NULL plaintext column must accept it from now on
-    drops = [f"ALTER COLUMN {f.plaintext_column} DROP NOT NULL" for f in spec.fields]
+    drops = [f"ALTER COLUMN {_q(f.plaintext_column)} DROP NOT NULL" for f in spec.fields]
     return [
-        f"ALTER TABLE {spec.table} " + ", ".join(adds),
-        f"ALTER TABLE {spec.table} " + ", ".join(drops),
+        f"ALTER TABLE {spec.sql_table} " + ", ".join(adds),
+        f"ALTER TABLE {spec.sql_table} " + ", ".join(drops),
     ]
 
 
@@ -71,21 +79,27 @@ def derived_name(*parts: str) -> str:
     return name[:54] + "_" + digest
 
 
+def _in_schema(spec: MigrationSpec, name: str) -> str:
+    """``name`` (quoted) in the table's schema, so derived names are unique per schema."""
+    return f"{_q(spec.schema)}.{_q(name)}" if spec.schema else _q(name)
+
+
 def stale_guard_function(spec: MigrationSpec) -> str:
-    return derived_name("dualwrite", spec.table, "stale_guard")
+    """The guard function, as emitted (quoted, in the table's schema)."""
+    return _in_schema(spec, derived_name("dualwrite", spec.table_name, "stale_guard"))
 
 
 def key_guard_function(spec: MigrationSpec) -> str:
-    return derived_name("dualwrite", spec.table, "key_guard")
+    return _in_schema(spec, derived_name("dualwrite", spec.table_name, "key_guard"))
 
 
 def _key_change_check(spec: MigrationSpec) -> str:
     """PL/pgSQL: refuse a primary-key change that keeps a non-NULL ciphertext unchanged (it is
     bound to the old key and would never decrypt again)."""
-    pk = spec.primary_key
+    pk = _q(spec.primary_key)
     kept = " OR ".join(
-        f"(NEW.{f.ciphertext_column} IS NOT NULL AND NEW.{f.ciphertext_column} IS NOT DISTINCT "
-        f"FROM OLD.{f.ciphertext_column})"
+        f"(NEW.{_q(f.ciphertext_column)} IS NOT NULL AND NEW.{_q(f.ciphertext_column)} IS NOT "
+        f"DISTINCT FROM OLD.{_q(f.ciphertext_column)})"
         for f in spec.fields
     )
     message = (
@@ -104,7 +118,7 @@ def _key_change_check(spec: MigrationSpec) -> str:
 def _enable_always(spec: MigrationSpec, trigger: str) -> str:
     """Fire for every writer, also under ``session_replication_role = replica`` (logical
     replication apply workers, ETL tools)."""
-    return f"ALTER TABLE {spec.table} ENABLE ALWAYS TRIGGER {trigger}"
+    return f"ALTER TABLE {spec.sql_table} ENABLE ALWAYS TRIGGER {_q(trigger)}"
 
 
 def stale_guard_ddl(spec: MigrationSpec) -> list[str]:
@@ -112,16 +126,15 @@ def stale_guard_ddl(spec: MigrationSpec) -> list[str]:
 
     A plaintext change without a ciphertext change clears the ciphertext (and blind index),
     unless the transaction set :data:`KEEP_CIPHERTEXT_SETTING`; a primary-key change that does
-    not rewrite every non-NULL ciphertext is refused (always)."""
+    not rewrite every non-NULL ciphertext is refused (always). A ``unique`` field's ``_uidx`` is
+    cleared with its ciphertext (the backfill recomputes both)."""
     blocks = []
     for f in spec.fields:
-        clear = f"NEW.{f.ciphertext_column} := NULL;"
-        if f.bidx_column:
-            clear += f" NEW.{f.bidx_column} := NULL;"
+        clear = " ".join(f"NEW.{_q(c)} := NULL;" for c in added_columns(f))
+        pt, ct = _q(f.plaintext_column), _q(f.ciphertext_column)
         blocks.append(
-            f"  IF NEW.{f.plaintext_column} IS DISTINCT FROM OLD.{f.plaintext_column}\n"
-            f"     AND NEW.{f.ciphertext_column} IS NOT DISTINCT FROM "
-            f"OLD.{f.ciphertext_column} THEN\n"
+            f"  IF NEW.{pt} IS DISTINCT FROM OLD.{pt}\n"
+            f"     AND NEW.{ct} IS NOT DISTINCT FROM OLD.{ct} THEN\n"
             f"    {clear}\n  END IF;"
         )
     body = "\n".join(blocks)
@@ -137,8 +150,8 @@ BEGIN
   RETURN NEW;
 END
 $fn$""",
-        f"DROP TRIGGER IF EXISTS {STALE_GUARD_TRIGGER} ON {spec.table}",
-        f"CREATE TRIGGER {STALE_GUARD_TRIGGER} BEFORE UPDATE ON {spec.table} "
+        f"DROP TRIGGER IF EXISTS {_q(STALE_GUARD_TRIGGER)} ON {spec.sql_table}",
+        f"CREATE TRIGGER {_q(STALE_GUARD_TRIGGER)} BEFORE UPDATE ON {spec.sql_table} "
         f"FOR EACH ROW EXECUTE FUNCTION {fn}()",
         _enable_always(spec, STALE_GUARD_TRIGGER),
     ]
@@ -146,7 +159,7 @@ $fn$""",
 
 def drop_stale_guard_ddl(spec: MigrationSpec) -> list[str]:
     return [
-        f"DROP TRIGGER IF EXISTS {STALE_GUARD_TRIGGER} ON {spec.table}",
+        f"DROP TRIGGER IF EXISTS {_q(STALE_GUARD_TRIGGER)} ON {spec.sql_table}",
         f"DROP FUNCTION IF EXISTS {stale_guard_function(spec)}()",
     ]
 
@@ -162,8 +175,8 @@ BEGIN
   RETURN NEW;
 END
 $fn$""",
-        f"DROP TRIGGER IF EXISTS {KEY_GUARD_TRIGGER} ON {spec.table}",
-        f"CREATE TRIGGER {KEY_GUARD_TRIGGER} BEFORE UPDATE ON {spec.table} "
+        f"DROP TRIGGER IF EXISTS {_q(KEY_GUARD_TRIGGER)} ON {spec.sql_table}",
+        f"CREATE TRIGGER {_q(KEY_GUARD_TRIGGER)} BEFORE UPDATE ON {spec.sql_table} "
         f"FOR EACH ROW EXECUTE FUNCTION {fn}()",
         _enable_always(spec, KEY_GUARD_TRIGGER),
     ]
@@ -171,7 +184,7 @@ $fn$""",
 
 def drop_key_guard_ddl(spec: MigrationSpec) -> list[str]:
     return [
-        f"DROP TRIGGER IF EXISTS {KEY_GUARD_TRIGGER} ON {spec.table}",
+        f"DROP TRIGGER IF EXISTS {_q(KEY_GUARD_TRIGGER)} ON {spec.sql_table}",
         f"DROP FUNCTION IF EXISTS {key_guard_function(spec)}()",
     ]
 
@@ -185,7 +198,8 @@ disabled, ``R`` = replica only), no row when the trigger is missing."""
 
 
 def blind_index_name(spec: MigrationSpec, column: str) -> str:
-    return f"ix_{spec.table}_{column}"[:63]
+    """``ix_<table>_<column>`` (unquoted; within 63 bytes, unique per schema)."""
+    return derived_name("ix", spec.table_name, column)
 
 
 def blind_index_ddl(spec: MigrationSpec, *, concurrently: bool = True) -> list[str]:
@@ -197,84 +211,93 @@ def blind_index_ddl(spec: MigrationSpec, *, concurrently: bool = True) -> list[s
     out = []
     for f in spec.searchable:
         assert f.bidx_column is not None
-        cols = f"{spec.scope_column}, {f.bidx_column}" if spec.scope_column else f.bidx_column
+        cols = ", ".join(_q(c) for c in (spec.scope_column, f.bidx_column) if c)
         out.append(
-            f"CREATE INDEX {how}IF NOT EXISTS {blind_index_name(spec, f.bidx_column)} "
-            f"ON {spec.table} ({cols})"
+            f"CREATE INDEX {how}IF NOT EXISTS {_q(blind_index_name(spec, f.bidx_column))} "
+            f"ON {spec.sql_table} ({cols})"
         )
     return out
 
 
 INVALID_INDEX_SQL = (
     "SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-    "WHERE c.relname = :name AND NOT i.indisvalid"
+    "WHERE c.relname = :name AND i.indrelid = to_regclass(:t) AND NOT i.indisvalid"
 )
-"""Parameter ``:name``: returns a row when that index exists but is INVALID."""
+"""Parameters ``:name`` (index), ``:t`` (its table): a row when that index exists but is
+INVALID."""
 
 
 def unexpand_ddl(spec: MigrationSpec, restore_not_null: list[str] | None = None) -> list[str]:
     """Drop what :func:`expand_columns_ddl` added; restore ``NOT NULL`` on the plaintext columns
     that had it before the expand (recorded at expand time)."""
-    drops: list[str] = []
-    for f in spec.fields:
-        drops.append(f"DROP COLUMN IF EXISTS {f.ciphertext_column}")
-        if f.bidx_column:
-            drops.append(f"DROP COLUMN IF EXISTS {f.bidx_column}")
+    drops = [f"DROP COLUMN IF EXISTS {_q(c)}" for f in spec.fields for c in added_columns(f)]
     out = [
         *drop_stale_guard_ddl(spec),
         *drop_key_guard_ddl(spec),
-        f"ALTER TABLE {spec.table} " + ", ".join(drops),
+        f"ALTER TABLE {spec.sql_table} " + ", ".join(drops),
     ]
     for column in restore_not_null or []:
         if column in spec.field_names:
-            out.append(f"ALTER TABLE {spec.table} ALTER COLUMN {column} SET NOT NULL")
+            out.append(f"ALTER TABLE {spec.sql_table} ALTER COLUMN {_q(column)} SET NOT NULL")
     return out
 
 
 def contract_ddl(spec: MigrationSpec) -> list[str]:
-    drops = ", ".join(f"DROP COLUMN IF EXISTS {f.plaintext_column}" for f in spec.fields)
-    return [*drop_stale_guard_ddl(spec), f"ALTER TABLE {spec.table} {drops}", *key_guard_ddl(spec)]
+    drops = ", ".join(f"DROP COLUMN IF EXISTS {_q(f.plaintext_column)}" for f in spec.fields)
+    return [
+        *drop_stale_guard_ddl(spec),
+        f"ALTER TABLE {spec.sql_table} {drops}",
+        *key_guard_ddl(spec),
+    ]
 
 
 def uncontract_ddl(spec: MigrationSpec) -> list[str]:
-    adds = ", ".join(f"ADD COLUMN IF NOT EXISTS {f.plaintext_column} text" for f in spec.fields)
-    return [*drop_key_guard_ddl(spec), f"ALTER TABLE {spec.table} {adds}", *stale_guard_ddl(spec)]
+    """Re-add the plaintext columns (nullable, with the type registered for each field)."""
+    adds = ", ".join(
+        f"ADD COLUMN IF NOT EXISTS {_q(f.plaintext_column)} {f.type}" for f in spec.fields
+    )
+    return [
+        *drop_key_guard_ddl(spec),
+        f"ALTER TABLE {spec.sql_table} {adds}",
+        *stale_guard_ddl(spec),
+    ]
 
 
 def missing_ciphertext_predicate(spec: MigrationSpec) -> str:
     """Rows not covered: some plaintext present whose ciphertext (or blind index) is missing."""
     parts = []
     for f in spec.fields:
-        missing = f"{f.ciphertext_column} IS NULL"
-        if f.bidx_column:
-            missing = f"({missing} OR {f.bidx_column} IS NULL)"
-        parts.append(f"({f.plaintext_column} IS NOT NULL AND {missing})")
+        cols = added_columns(f)
+        missing = " OR ".join(f"{_q(c)} IS NULL" for c in cols)
+        missing = f"({missing})" if len(cols) > 1 else missing
+        parts.append(f"({_q(f.plaintext_column)} IS NOT NULL AND {missing})")
     return "(" + " OR ".join(parts) + ")"
 
 
 def plaintext_incomplete_predicate(spec: MigrationSpec) -> str:
     """Rows whose plaintext is not complete: a ciphertext without its plaintext."""
     parts = [
-        f"({f.plaintext_column} IS NULL AND {f.ciphertext_column} IS NOT NULL)" for f in spec.fields
+        f"({_q(f.plaintext_column)} IS NULL AND {_q(f.ciphertext_column)} IS NOT NULL)"
+        for f in spec.fields
     ]
     return "(" + " OR ".join(parts) + ")"
 
 
 def plaintext_remaining_predicate(spec: MigrationSpec) -> str:
     """Rows still holding some plaintext (not yet purged)."""
-    return "(" + " OR ".join(f"{f.plaintext_column} IS NOT NULL" for f in spec.fields) + ")"
+    return "(" + " OR ".join(f"{_q(f.plaintext_column)} IS NOT NULL" for f in spec.fields) + ")"
 
 
 def count_missing_ciphertext_sql(spec: MigrationSpec) -> str:
-    return f"SELECT count(*) FROM {spec.table} WHERE {missing_ciphertext_predicate(spec)}"
+    return f"SELECT count(*) FROM {spec.sql_table} WHERE {missing_ciphertext_predicate(spec)}"
 
 
 def count_plaintext_incomplete_sql(spec: MigrationSpec) -> str:
-    return f"SELECT count(*) FROM {spec.table} WHERE {plaintext_incomplete_predicate(spec)}"
+    return f"SELECT count(*) FROM {spec.sql_table} WHERE {plaintext_incomplete_predicate(spec)}"
 
 
 def count_plaintext_remaining_sql(spec: MigrationSpec) -> str:
-    return f"SELECT count(*) FROM {spec.table} WHERE {plaintext_remaining_predicate(spec)}"
+    return f"SELECT count(*) FROM {spec.sql_table} WHERE {plaintext_remaining_predicate(spec)}"
 
 
 def version_prefix(version: str) -> bytes:
@@ -294,13 +317,13 @@ def rekey_predicate(spec: MigrationSpec, current_version: str) -> str:
     >>> from dualwrite.spec import FieldSpec
     >>> print(rekey_predicate(MigrationSpec("t_pii", "t", (FieldSpec("email"),)), "v2"))
     ... # doctest: +NORMALIZE_WHITESPACE
-    ((email_encrypted IS NOT NULL AND substring(email_encrypted from 1 for 3)
+    (("email_encrypted" IS NOT NULL AND substring("email_encrypted" from 1 for 3)
       <> '\\x76323a'::bytea))
     """
     prefix = version_prefix(current_version)
     parts = [
-        f"({f.ciphertext_column} IS NOT NULL AND substring({f.ciphertext_column} from 1 for "
-        f"{len(prefix)}) <> {_bytea_literal(prefix)})"
-        for f in spec.fields
+        f"({ct} IS NOT NULL AND substring({ct} from 1 for {len(prefix)}) <> "
+        f"{_bytea_literal(prefix)})"
+        for ct in (_q(f.ciphertext_column) for f in spec.fields)
     ]
     return "(" + " OR ".join(parts) + ")"

@@ -70,7 +70,7 @@ async def verify(
         state = await registry.get_migration(conn, spec.name)
         plaintext = await inspector.plaintext_columns_present(conn, spec)
         started_at = await registry.database_now(conn)
-        types = await inspector.column_types(conn, spec.table)
+        types = await inspector.column_types(conn, spec.sql_table)
     if repair and (not behaviour(state.phase).writes_plaintext or not plaintext):
         raise PhaseError(
             f"--repair re-encrypts from the plaintext, which is not authoritative in phase "
@@ -132,7 +132,7 @@ async def _sample(
 ) -> None:
     spec = checker.spec
     estimate = await raw.fetchval(
-        "SELECT greatest(reltuples, 1) FROM pg_class WHERE oid = to_regclass($1)", spec.table
+        "SELECT greatest(reltuples, 1) FROM pg_class WHERE oid = to_regclass($1)", spec.sql_table
     )
     percent = min(100.0, 100.0 * 1.5 * n / max(float(estimate or 1), 1.0))
     sql = scan_sql(spec, checker.plaintext, checker.pk_type, after=False, sample_percent=percent)

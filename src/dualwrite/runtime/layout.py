@@ -1,0 +1,68 @@
+"""Which columns a phase's read selects, and where each field sits in a fetched row (pure).
+
+Split from :mod:`dualwrite.runtime.codec` (which re-exports :func:`read_columns` and
+:class:`ReadLayout`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from dualwrite.crypto.values import ValueType
+from dualwrite.phases import Behaviour, ReadSource
+from dualwrite.spec import FieldSpec, MigrationSpec
+
+__all__ = ["ReadLayout", "read_columns"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    name: str
+    plaintext: str
+    ciphertext: str
+    bidx: str | None
+    kind: Any  # "email" | "phone" | "text" | "exact" | None
+    vt: ValueType  # typed fields: value <-> canonical text
+    uidx: str | None = None  # unique fields: <name>_uidx
+
+    @classmethod
+    def of(cls, f: FieldSpec) -> _Field:
+        return cls(
+            f.name, f.plaintext_column, f.ciphertext_column, f.bidx_column, f.blind_index,
+            f.value_type, f.uidx_column,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class ReadLayout:
+    """Where each field's plaintext/ciphertext sits in a fetched row tuple, for one phase."""
+
+    behaviour: Behaviour
+    slots: tuple[tuple[_Field, int | None, int | None], ...]  # (field, plaintext idx, ct idx)
+
+
+def read_columns(spec: MigrationSpec, behaviour: Behaviour) -> tuple[str, ...]:
+    """The encrypted-field columns a read in this phase selects, in a fixed order.
+
+    Plaintext when the phase reads it, shadow-compares against it or may fall back to it (and
+    the column exists); ciphertext when the phase reads or shadow-compares it.
+
+    >>> from dualwrite.phases import behaviour
+    >>> from dualwrite.spec import FieldSpec, MigrationSpec
+    >>> spec = MigrationSpec("t_pii", "t", (FieldSpec("a"),))
+    >>> [read_columns(spec, behaviour(p)) for p in ("dual_write", "backfill", "finalized")]
+    [('a',), ('a', 'a_encrypted'), ('a_encrypted',)]
+    """
+    b = behaviour
+    want_pt = b.plaintext_column_exists and (
+        b.reads_from is ReadSource.PLAINTEXT or b.shadow_compare or b.fallback_to_plaintext
+    )
+    want_ct = b.reads_from is ReadSource.CIPHERTEXT or b.shadow_compare
+    out: list[str] = []
+    for f in spec.fields:
+        if want_pt:
+            out.append(f.plaintext_column)
+        if want_ct:
+            out.append(f.ciphertext_column)
+    return tuple(out)
