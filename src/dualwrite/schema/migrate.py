@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dualwrite.config import Settings
 from dualwrite.errors import ConfigError, DualwriteError
+from dualwrite.schema.ops import ALLOW_CONTRACT
 from dualwrite.state.versions import upgrade_state_tables
 
 CONTRACT_MARKER = "dualwrite_contract"
@@ -43,8 +44,11 @@ def alembic_config(ini: str | Path | None = None) -> Config:
 
 
 def configure_ddl_timeouts(connection: Connection, settings: Settings | None) -> None:
-    """Set ``lock_timeout``/``statement_timeout`` for this session, then end the transaction."""
-    lock_ms = settings.ddl_lock_timeout_ms if settings else 5_000
+    """Set ``lock_timeout``/``statement_timeout`` for this session, then end the transaction.
+
+    They bound a revision's own plain ``op.execute`` statements (which are not retried); the
+    dualwrite operations of :mod:`dualwrite.schema.ops` set their own per step."""
+    lock_ms = settings.ddl_lock_timeout_ms if settings else 500
     stmt_ms = settings.ddl_statement_timeout_ms if settings else 600_000
     connection.execute(text(f"SET lock_timeout = {int(lock_ms)}"))
     connection.execute(text(f"SET statement_timeout = {int(stmt_ms)}"))
@@ -96,6 +100,7 @@ async def _run(engine: AsyncEngine, cfg: Config, settings: Settings | None, fn: 
             fn(sync_conn)  # type: ignore[operator]
         finally:
             cfg.attributes.pop("connection", None)
+            cfg.attributes.pop(ALLOW_CONTRACT, None)
 
     async with engine.connect() as conn:
         await conn.run_sync(go)
@@ -123,6 +128,8 @@ async def upgrade(
                     f"revision {crossing} is a contract revision (drops plaintext): "
                     "it runs only through `dualwrite finalize`"
                 )
+        else:
+            cfg.attributes[ALLOW_CONTRACT] = True
         command.upgrade(cfg, target)
 
     await _run(engine, cfg, settings, go)

@@ -11,21 +11,39 @@ A user's own revisions are a few lines::
     def downgrade() -> None:
         schema_ops.unexpand(PATIENTS_PII)
 
-The SQL itself comes from :mod:`dualwrite.schema.sql` (pure string builders), so tests and the
-store can reuse it. Index builds run ``CONCURRENTLY`` in an autocommit block; every statement runs
-under the ``lock_timeout``/``statement_timeout`` the migration environment set.
+and for the contract revision (``dualwrite_contract = True``; it runs only through
+``dualwrite finalize``)::
+
+    def upgrade() -> None:
+        schema_ops.contract(PATIENTS_PII, drop_indexes=("ix_patients_email",))
+
+    def downgrade() -> None:
+        schema_ops.uncontract(PATIENTS_PII)
+
+Every operation runs through the online-DDL runner (:mod:`dualwrite.schema.ddl`): Alembic's
+transaction is committed first and each step then runs in its own short transaction on the
+same connection, under ``DDL_LOCK_TIMEOUT_MS`` with jittered retries (concurrent index builds
+under a watchdog), recording its progress in ``dualwrite_schema_steps``. A failed or killed
+revision is rerun as is (``dualwrite db upgrade`` again, ``alembic upgrade`` again): finished
+steps are skipped, and Alembic records the revision only once every step is done.
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Awaitable, Callable
 
+import asyncpg
 from alembic import op
-from sqlalchemy import text
+from sqlalchemy.util import await_only
 
-from dualwrite.errors import DualwriteError
-from dualwrite.schema import sql, state_revisions
+from dualwrite.errors import ConfigError, DualwriteError
+from dualwrite.schema import state_revisions
+from dualwrite.schema.ddl import DdlContext, Journal, open_context, plans, run_steps
+from dualwrite.schema.ddl.step import Step
 from dualwrite.spec import MigrationSpec
+
+ALLOW_CONTRACT = "dualwrite_allow_contract"
+"""Alembic ``config.attributes`` key ``dualwrite finalize`` sets: the contract may run."""
 
 
 def create_state_tables() -> None:
@@ -42,105 +60,113 @@ def drop_state_tables() -> None:
         op.execute(statement)
 
 
-def expand(spec: MigrationSpec, *, concurrently: bool = True) -> None:
-    """Add ciphertext/blind-index columns, the stale-ciphertext trigger, indexes, and register
-    ``spec`` in phase ``plaintext``."""
-    bind = op.get_bind()
-    not_null = [
-        row[0]
-        for row in bind.execute(
-            text(
-                "SELECT column_name FROM information_schema.columns WHERE table_schema = "
-                "current_schema() AND table_name = :t AND is_nullable = 'NO' "
-                "AND column_name = ANY(:cols)"
-            ),
-            {"t": spec.table, "cols": list(spec.field_names)},
-        )
-    ]
-    for statement in sql.expand_columns_ddl(spec):
-        op.execute(statement)
-    for statement in sql.stale_guard_ddl(spec):
-        op.execute(statement)
-    for f in spec.searchable:
-        assert f.bidx_column is not None
-        name = sql.blind_index_name(spec, f.bidx_column)
-        if bind.execute(text(sql.INVALID_INDEX_SQL), {"name": name}).first() is not None:
-            _build_indexes(
-                [f"DROP INDEX {'CONCURRENTLY ' if concurrently else ''}{name}"], concurrently
-            )
-    _build_indexes(sql.blind_index_ddl(spec, concurrently=concurrently), concurrently)
-    bind.execute(
-        text(
-            "INSERT INTO dualwrite_migrations (name, table_name, spec, schema_notes) "
-            "VALUES (:name, :table, CAST(:spec AS jsonb), CAST(:notes AS jsonb)) "
-            "ON CONFLICT (name) DO NOTHING"
-        ),
-        {
-            "name": spec.name,
-            "table": spec.table,
-            "spec": json.dumps(spec.to_json()),
-            "notes": json.dumps({"not_null": not_null}),
-        },
-    )
+def expand(spec: MigrationSpec) -> None:
+    """Add ciphertext/blind-index columns, drop ``NOT NULL`` on the plaintext (recorded for the
+    reverse), install the stale-ciphertext trigger, build the blind indexes concurrently, and
+    register ``spec`` in phase ``plaintext``."""
+    _run(spec, "expand", lambda ctx: _ready(plans.expand(spec)))
 
 
 def unexpand(spec: MigrationSpec) -> None:
     """Reverse of :func:`expand`. Refuses unless the migration is back in ``plaintext``."""
-    bind = op.get_bind()
-    row = bind.execute(
-        text("SELECT phase, schema_notes FROM dualwrite_migrations WHERE name = :n"),
-        {"n": spec.name},
-    ).first()
-    phase = row[0] if row else None
-    not_null = list((row[1] or {}).get("not_null", [])) if row else []
-    if phase not in (None, "plaintext"):
-        raise DualwriteError(
-            f"migration {spec.name} is in phase {phase}: move it back to plaintext "
-            "before removing the expand schema"
-        )
-    for statement in sql.unexpand_ddl(spec, restore_not_null=not_null):
-        op.execute(statement)
-    bind.execute(text("DELETE FROM dualwrite_migrations WHERE name = :n"), {"n": spec.name})
+
+    async def build(ctx: DdlContext) -> list[Step]:
+        phase = await _phase(ctx, spec)
+        if phase not in (None, "plaintext"):
+            raise DualwriteError(
+                f"migration {spec.name} is in phase {phase}: move it back to plaintext "
+                "before removing the expand schema"
+            )
+        return plans.unexpand(spec)
+
+    _run(spec, "unexpand", build, forget=("unexpand",))
 
 
-def contract(spec: MigrationSpec) -> None:
-    """Drop the plaintext columns. Refuses unless the migration is in ``contract`` (or later)
-    and every plaintext value is already purged (NULL)."""
-    bind = op.get_bind()
-    phase = bind.execute(
-        text("SELECT phase FROM dualwrite_migrations WHERE name = :n"), {"n": spec.name}
-    ).scalar()
-    if phase not in ("contract", "finalized"):
-        raise DualwriteError(
-            f"migration {spec.name} is in phase {phase}: the contract revision runs only "
-            "from contract, through `dualwrite finalize`"
-        )
-    remaining = bind.execute(text(sql.count_plaintext_remaining_sql(spec))).scalar()
-    if remaining:
-        raise DualwriteError(
-            f"{remaining} rows of {spec.table} still hold plaintext: run "
-            "`dualwrite backfill --mode purge` first"
-        )
-    for statement in sql.contract_ddl(spec):
-        op.execute(statement)
+def contract(spec: MigrationSpec, *, drop_indexes: tuple[str, ...] = ()) -> None:
+    """Drop the plaintext columns, after a preflight (nothing else depends on them but the
+    ``drop_indexes`` this revision drops itself) and a validated fence (no row holds
+    plaintext, and none can be written any more). Refuses unless the migration is in
+    ``contract`` and ``dualwrite finalize`` runs it (or is already ``finalized``)."""
+    cfg = op.get_context().config
+    allowed = bool(cfg.attributes.get(ALLOW_CONTRACT)) if cfg is not None else False
+
+    async def build(ctx: DdlContext) -> list[Step]:
+        phase = await _phase(ctx, spec)
+        if phase not in ("contract", "finalized"):
+            raise DualwriteError(
+                f"migration {spec.name} is in phase {phase}: the contract revision runs only "
+                "from contract, through `dualwrite finalize`"
+            )
+        if phase == "contract" and not allowed:
+            raise DualwriteError(
+                "the contract revision drops plaintext: it runs only through "
+                f"`dualwrite finalize {spec.name}`, which checks its guards first"
+            )
+        return plans.contract(spec, tuple(drop_indexes))
+
+    _run(spec, "contract", build)
 
 
 def uncontract(spec: MigrationSpec) -> None:
-    """Reverse of :func:`contract`: re-add the plaintext columns (nullable) and the trigger.
+    """Reverse of :func:`contract`: re-add the plaintext columns (nullable, their recorded
+    types), the stale guard, and the indexes the contract dropped; drop the key guard.
 
     The values come back with ``dualwrite backfill --mode decrypt``.
     """
-    for statement in sql.uncontract_ddl(spec):
-        op.execute(statement)
+    _run(
+        spec,
+        "uncontract",
+        lambda ctx: plans.uncontract(ctx, spec),
+        forget=("contract", "uncontract", "rewrite", "scan"),
+    )
 
 
-def _build_indexes(statements: list[str], concurrently: bool) -> None:
-    if not statements:
-        return
-    if concurrently:
-        with op.get_context().autocommit_block():
-            for statement in statements:
-                op.execute(statement)
-    else:
-        for statement in statements:
-            op.execute(statement)
+async def _ready(steps: list[Step]) -> list[Step]:
+    return steps
+
+
+async def _phase(ctx: DdlContext, spec: MigrationSpec) -> str | None:
+    if not await ctx.conn.fetchval("SELECT to_regclass('dualwrite_migrations') IS NOT NULL"):
+        return None
+    value = await ctx.conn.fetchval(
+        "SELECT phase FROM dualwrite_migrations WHERE name = $1", spec.name
+    )
+    return None if value is None else str(value)
+
+
+def _run(
+    spec: MigrationSpec,
+    operation: str,
+    build: Callable[[DdlContext], Awaitable[list[Step]]],
+    *,
+    forget: tuple[str, ...] = (),
+) -> None:
+    """Commit Alembic's transaction, then run the steps of ``operation`` on its connection in
+    autocommit mode (see the module docstring)."""
+    context = op.get_context()
+    bind = op.get_bind()
+    if bind.dialect.driver != "asyncpg":
+        raise ConfigError("dualwrite schema operations need the postgresql+asyncpg driver")
+    _, kwargs = bind.dialect.create_connect_args(bind.engine.url)
+    settings = context.config.attributes.get("settings") if context.config else None
+
+    async def connect() -> asyncpg.Connection:
+        return await asyncpg.connect(**kwargs)
+
+    async def go(raw: asyncpg.Connection) -> None:
+        ctx = open_context(raw, connect, settings or _env_settings())
+        steps = await build(ctx)
+        await run_steps(ctx, spec.name, operation, steps)
+        if forget:
+            await Journal(raw, spec.name, operation).forget(*forget)
+
+    with context.autocommit_block():
+        raw = bind.connection.driver_connection
+        assert isinstance(raw, asyncpg.Connection)
+        await_only(go(raw))
+
+
+def _env_settings() -> object:
+    from dualwrite.config import load_settings
+
+    return load_settings()

@@ -107,8 +107,8 @@ def _enable_always(spec: MigrationSpec, trigger: str) -> str:
     return f"ALTER TABLE {spec.table} ENABLE ALWAYS TRIGGER {trigger}"
 
 
-def stale_guard_ddl(spec: MigrationSpec) -> list[str]:
-    """The ``BEFORE UPDATE`` trigger of the expand, enabled ALWAYS.
+def stale_guard_function_ddl(spec: MigrationSpec) -> str:
+    """``CREATE OR REPLACE FUNCTION`` of the stale guard (takes no lock on the table).
 
     A plaintext change without a ciphertext change clears the ciphertext (and blind index),
     unless the transaction set :data:`KEEP_CIPHERTEXT_SETTING`; a primary-key change that does
@@ -125,9 +125,8 @@ def stale_guard_ddl(spec: MigrationSpec) -> list[str]:
             f"    {clear}\n  END IF;"
         )
     body = "\n".join(blocks)
-    fn = stale_guard_function(spec)
-    return [
-        f"""CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $fn$
+    return f"""CREATE OR REPLACE FUNCTION {stale_guard_function(spec)}() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
 BEGIN
 {_key_change_check(spec)}
   IF coalesce(current_setting('{KEEP_CIPHERTEXT_SETTING}', true), '') = 'on' THEN
@@ -136,12 +135,33 @@ BEGIN
 {body}
   RETURN NEW;
 END
-$fn$""",
-        f"DROP TRIGGER IF EXISTS {STALE_GUARD_TRIGGER} ON {spec.table}",
-        f"CREATE TRIGGER {STALE_GUARD_TRIGGER} BEFORE UPDATE ON {spec.table} "
-        f"FOR EACH ROW EXECUTE FUNCTION {fn}()",
-        _enable_always(spec, STALE_GUARD_TRIGGER),
-    ]
+$fn$"""
+
+
+def install_trigger_ddl(spec: MigrationSpec, trigger: str, function: str) -> str:
+    """One statement (so one transaction, one lock) that creates or replaces ``trigger`` and
+    enables it ALWAYS: there is never a moment with the trigger missing or ORIGIN-only.
+
+    >>> from dualwrite.spec import FieldSpec
+    >>> print(install_trigger_ddl(MigrationSpec("t_pii", "t", (FieldSpec("a"),)), "g", "f"))
+    DO $dw$ BEGIN
+      CREATE OR REPLACE TRIGGER g BEFORE UPDATE ON t FOR EACH ROW EXECUTE FUNCTION f();
+      ALTER TABLE t ENABLE ALWAYS TRIGGER g;
+    END $dw$
+    """
+    return (
+        "DO $dw$ BEGIN\n"
+        f"  CREATE OR REPLACE TRIGGER {trigger} BEFORE UPDATE ON {spec.table} "
+        f"FOR EACH ROW EXECUTE FUNCTION {function}();\n"
+        f"  {_enable_always(spec, trigger)};\n"
+        "END $dw$"
+    )
+
+
+def stale_guard_ddl(spec: MigrationSpec) -> list[str]:
+    """The ``BEFORE UPDATE`` trigger of the expand, enabled ALWAYS (function, then trigger)."""
+    fn = stale_guard_function(spec)
+    return [stale_guard_function_ddl(spec), install_trigger_ddl(spec, STALE_GUARD_TRIGGER, fn)]
 
 
 def drop_stale_guard_ddl(spec: MigrationSpec) -> list[str]:
@@ -151,22 +171,22 @@ def drop_stale_guard_ddl(spec: MigrationSpec) -> list[str]:
     ]
 
 
-def key_guard_ddl(spec: MigrationSpec) -> list[str]:
-    """After the contract: the smaller trigger that keeps refusing key changes that would
-    orphan ciphertexts (there is no plaintext left to rebuild them from)."""
-    fn = key_guard_function(spec)
-    return [
-        f"""CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $fn$
+def key_guard_function_ddl(spec: MigrationSpec) -> str:
+    """``CREATE OR REPLACE FUNCTION`` of the key guard (no table lock)."""
+    return f"""CREATE OR REPLACE FUNCTION {key_guard_function(spec)}() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
 BEGIN
 {_key_change_check(spec)}
   RETURN NEW;
 END
-$fn$""",
-        f"DROP TRIGGER IF EXISTS {KEY_GUARD_TRIGGER} ON {spec.table}",
-        f"CREATE TRIGGER {KEY_GUARD_TRIGGER} BEFORE UPDATE ON {spec.table} "
-        f"FOR EACH ROW EXECUTE FUNCTION {fn}()",
-        _enable_always(spec, KEY_GUARD_TRIGGER),
-    ]
+$fn$"""
+
+
+def key_guard_ddl(spec: MigrationSpec) -> list[str]:
+    """After the contract: the smaller trigger that keeps refusing key changes that would
+    orphan ciphertexts (there is no plaintext left to rebuild them from)."""
+    fn = key_guard_function(spec)
+    return [key_guard_function_ddl(spec), install_trigger_ddl(spec, KEY_GUARD_TRIGGER, fn)]
 
 
 def drop_key_guard_ddl(spec: MigrationSpec) -> list[str]:
@@ -263,6 +283,41 @@ def plaintext_incomplete_predicate(spec: MigrationSpec) -> str:
 def plaintext_remaining_predicate(spec: MigrationSpec) -> str:
     """Rows still holding some plaintext (not yet purged)."""
     return "(" + " OR ".join(f"{f.plaintext_column} IS NOT NULL" for f in spec.fields) + ")"
+
+
+def fence_name(spec: MigrationSpec) -> str:
+    """The constraint finalize adds before dropping the plaintext columns."""
+    return derived_name("dualwrite", spec.table, "purged")
+
+
+def fence_ddl(spec: MigrationSpec) -> str:
+    """``CHECK (<every plaintext> IS NULL) NOT VALID``: from its commit on, a write that stores
+    plaintext fails loudly; ``VALIDATE`` then proves no committed row holds any.
+
+    >>> from dualwrite.spec import FieldSpec
+    >>> print(fence_ddl(MigrationSpec("t_pii", "t", (FieldSpec("a"), FieldSpec("b")))))
+    ALTER TABLE t ADD CONSTRAINT dualwrite_t_purged CHECK (a IS NULL AND b IS NULL) NOT VALID
+    """
+    nulls = " AND ".join(f"{f.plaintext_column} IS NULL" for f in spec.fields)
+    return f"ALTER TABLE {spec.table} ADD CONSTRAINT {fence_name(spec)} CHECK ({nulls}) NOT VALID"
+
+
+def not_null_check_name(spec: MigrationSpec, column: str) -> str:
+    """The temporary ``CHECK (column IS NOT NULL)`` that restores ``NOT NULL`` without a scan
+    under ACCESS EXCLUSIVE."""
+    return derived_name("dualwrite", spec.table, column, "nn")
+
+
+def concurrent_index_ddl(definition: str) -> str:
+    """``pg_get_indexdef`` text -> the same index built ``CONCURRENTLY IF NOT EXISTS``.
+
+    >>> concurrent_index_ddl("CREATE UNIQUE INDEX ix ON public.t USING btree (a)")
+    'CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS ix ON public.t USING btree (a)'
+    """
+    head, sep, rest = definition.partition("INDEX ")
+    if not sep or not head.startswith("CREATE"):
+        raise ValueError("not an index definition")
+    return f"{head}INDEX CONCURRENTLY IF NOT EXISTS {rest}"
 
 
 def count_missing_ciphertext_sql(spec: MigrationSpec) -> str:

@@ -1,0 +1,200 @@
+"""The one explicit context every schema step runs in: its connection, its limits, its log.
+
+Two ways to run SQL, chosen by the lock a statement needs:
+
+* :meth:`DdlContext.locked` -- a short transaction of its own under ``SET LOCAL lock_timeout``
+  (default 500 ms): if the lock is not granted in time PostgreSQL cancels the wait, so live
+  queries queued behind it move on; the step is retried after a jittered pause, each wait
+  naming who holds the lock (pid, state, transaction age), until a total budget is spent;
+* :meth:`DdlContext.concurrently` -- ``CREATE/DROP INDEX CONCURRENTLY`` with no lock or
+  statement timeout (it blocks no one while it waits), under a watchdog on a second connection
+  that names what it waits for and cancels it at a deadline.
+
+The connection is in autocommit mode between steps (never inside Alembic's per-migration
+transaction, where one cancel would abort every earlier step and a savepoint retry would keep
+their locks while traffic queues behind them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import asyncpg
+
+from dualwrite.errors import SchemaStepError
+from dualwrite.schema.ddl.locks import Blocker, backoff_seconds, conflicting, describe_blockers
+
+__all__ = ["DdlContext", "DdlLimits"]
+
+log = logging.getLogger("dualwrite.schema.ddl")
+
+T = TypeVar("T")
+
+_RETRYABLE = (asyncpg.exceptions.LockNotAvailableError, asyncpg.exceptions.DeadlockDetectedError)
+
+_HOLDERS_SQL = """
+SELECT DISTINCT a.pid, a.state, extract(epoch FROM clock_timestamp() - a.xact_start)::float8,
+       nullif(a.application_name, ''), a.xact_start
+FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'relation' AND l.relation = to_regclass($1) AND l.granted
+  AND l.pid <> pg_backend_pid() AND l.mode = ANY($2::text[])
+ORDER BY a.xact_start NULLS LAST
+"""
+
+_SESSIONS_SQL = """
+SELECT pid, state, extract(epoch FROM clock_timestamp() - xact_start)::float8,
+       nullif(application_name, '')
+FROM pg_stat_activity WHERE pid = ANY($1::int[]) ORDER BY xact_start NULLS LAST
+"""
+
+_WAITING_SQL = """
+SELECT a.wait_event_type, a.wait_event, p.phase, pg_blocking_pids(a.pid)
+FROM pg_stat_activity a LEFT JOIN pg_stat_progress_create_index p ON p.pid = a.pid
+WHERE a.pid = $1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class DdlLimits:
+    """How long a step may wait: ``lock_timeout_ms`` per attempt, ``retry_budget_seconds`` in
+    all for one step, ``concurrent_deadline_seconds`` for a concurrent index build,
+    ``statement_timeout_ms`` for a statement once it holds its lock."""
+
+    lock_timeout_ms: int = 500
+    retry_budget_seconds: float = 120.0
+    concurrent_deadline_seconds: float = 1800.0
+    statement_timeout_ms: int = 600_000
+    watchdog_interval_seconds: float = 1.0
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> DdlLimits:
+        if settings is None:
+            return cls()
+        return cls(
+            lock_timeout_ms=settings.ddl_lock_timeout_ms,
+            retry_budget_seconds=settings.ddl_retry_budget_seconds,
+            concurrent_deadline_seconds=settings.ddl_concurrent_deadline_seconds,
+            statement_timeout_ms=settings.ddl_statement_timeout_ms,
+        )
+
+
+def _blockers(rows: list[asyncpg.Record]) -> list[Blocker]:
+    return [Blocker(int(r[0]), r[1], r[2], r[3]) for r in rows]
+
+
+@dataclass
+class DdlContext:
+    """Connection, limits and progress log of one run of schema steps.
+
+    ``connect`` opens a second connection to the same database (the watchdog's).
+    """
+
+    conn: asyncpg.Connection
+    connect: Callable[[], Awaitable[asyncpg.Connection]]
+    limits: DdlLimits = field(default_factory=DdlLimits)
+    say: Callable[[str], None] = log.info
+    warn: Callable[[str], None] = log.warning
+    rng: random.Random = field(default_factory=random.Random)
+
+    async def locked(
+        self, what: str, table: str, mode: str, body: Callable[[asyncpg.Connection], Awaitable[T]]
+    ) -> T:
+        """Run ``body`` in its own transaction under the short lock timeout, retrying with
+        jittered backoff while another session holds a lock conflicting with ``mode`` on
+        ``table``; :class:`SchemaStepError` (naming the holders) once the budget is spent."""
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            try:
+                async with self.conn.transaction():
+                    await self.conn.execute(
+                        f"SET LOCAL lock_timeout = {int(self.limits.lock_timeout_ms)}; "
+                        f"SET LOCAL statement_timeout = {int(self.limits.statement_timeout_ms)}"
+                    )
+                    return await body(self.conn)
+            except _RETRYABLE:
+                holders = await self.holders(table, mode)
+                elapsed = time.monotonic() - started
+                pause = backoff_seconds(attempt, jitter=self.rng.uniform(0.5, 1.0))
+                if elapsed + pause > self.limits.retry_budget_seconds:
+                    raise SchemaStepError(
+                        f"{what}: gave up after {elapsed:.0f} s and {attempt + 1} attempts "
+                        f"waiting for a {mode} lock on {table}, held by "
+                        f"{describe_blockers(holders)}; end that session (or wait), then run "
+                        "the same command again: it resumes here"
+                    ) from None
+                self.warn(
+                    f"{what}: {mode} lock on {table} not granted within "
+                    f"{self.limits.lock_timeout_ms} ms (held by {describe_blockers(holders)}); "
+                    f"attempt {attempt + 1}, retrying in {pause:.1f} s"
+                )
+                await asyncio.sleep(pause)
+                attempt += 1
+
+    async def holders(self, table: str, mode: str) -> list[Blocker]:
+        """Sessions holding a lock on ``table`` that conflicts with ``mode``."""
+        rows = await self.conn.fetch(_HOLDERS_SQL, table, sorted(conflicting(mode)))
+        return _blockers(rows)
+
+    async def concurrently(self, what: str, statement: str) -> None:
+        """Run a ``... CONCURRENTLY`` statement with no lock or statement timeout, under the
+        watchdog; :class:`SchemaStepError` once the deadline passes (the statement is
+        cancelled; an index it leaves INVALID is dropped and rebuilt by the next run)."""
+        old = await self.conn.fetchrow(
+            "SELECT current_setting('lock_timeout'), current_setting('statement_timeout')"
+        )
+        assert old is not None
+        await self.conn.execute("SET lock_timeout = 0; SET statement_timeout = 0")
+        watcher = await self.connect()
+        pid = self.conn.get_server_pid()
+        task = asyncio.ensure_future(self.conn.execute(statement))
+        waiting = "nothing"
+        try:
+            deadline = time.monotonic() + self.limits.concurrent_deadline_seconds
+            last_said = 0.0
+            while not task.done():
+                done, _ = await asyncio.wait({task}, timeout=self.limits.watchdog_interval_seconds)
+                if done:
+                    break
+                waiting = await self._waiting_for(watcher, pid)
+                now = time.monotonic()
+                if now >= deadline:
+                    await watcher.execute("SELECT pg_cancel_backend($1)", pid)
+                    await asyncio.wait({task})
+                    raise SchemaStepError(
+                        f"{what}: gave up after {self.limits.concurrent_deadline_seconds:.0f} s "
+                        f"waiting for {waiting}; run the same command again once it ends "
+                        "(an INVALID leftover index is dropped and rebuilt)"
+                    )
+                if now - last_said >= 5 * self.limits.watchdog_interval_seconds:
+                    self.warn(f"{what}: waiting for {waiting}")
+                    last_said = now
+            task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+            await watcher.close()
+            await self.conn.execute(
+                "SELECT set_config('lock_timeout', $1, false), "
+                "set_config('statement_timeout', $2, false)",
+                old[0],
+                old[1],
+            )
+
+    async def _waiting_for(self, watcher: asyncpg.Connection, pid: int) -> str:
+        row = await watcher.fetchrow(_WAITING_SQL, pid)
+        if row is None:
+            return "its backend to report"
+        event = f"{row[0]}:{row[1]}" if row[0] else "nothing (running)"
+        phase = f", phase '{row[2]}'" if row[2] else ""
+        pids = list(row[3] or [])
+        if not pids:
+            return f"{event}{phase}"
+        holders = _blockers(await watcher.fetch(_SESSIONS_SQL, pids))
+        return f"{describe_blockers(holders)} ({event}{phase})"
