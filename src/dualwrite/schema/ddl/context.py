@@ -108,23 +108,36 @@ class DdlContext:
         """Run ``body`` in its own transaction under the short lock timeout, retrying with
         jittered backoff while another session holds a lock conflicting with ``mode`` on
         ``table``; :class:`SchemaStepError` (naming the holders) once the budget is spent."""
+
+        async def attempt(conn: asyncpg.Connection) -> T:
+            async with conn.transaction():
+                await conn.execute(
+                    f"SET LOCAL lock_timeout = {int(self.limits.lock_timeout_ms)}; "
+                    f"SET LOCAL statement_timeout = {int(self.limits.statement_timeout_ms)}"
+                )
+                return await body(conn)
+
+        return await self._retrying(what, table, mode, attempt)
+
+    async def _retrying(
+        self,
+        what: str,
+        table: str,
+        mode: str,
+        attempt: Callable[[asyncpg.Connection], Awaitable[T]],
+    ) -> T:
         started = time.monotonic()
-        attempt = 0
+        tries = 0
         while True:
             try:
-                async with self.conn.transaction():
-                    await self.conn.execute(
-                        f"SET LOCAL lock_timeout = {int(self.limits.lock_timeout_ms)}; "
-                        f"SET LOCAL statement_timeout = {int(self.limits.statement_timeout_ms)}"
-                    )
-                    return await body(self.conn)
+                return await attempt(self.conn)
             except _RETRYABLE:
                 holders = await self.holders(table, mode)
                 elapsed = time.monotonic() - started
-                pause = backoff_seconds(attempt, jitter=self.rng.uniform(0.5, 1.0))
+                pause = backoff_seconds(tries, jitter=self.rng.uniform(0.5, 1.0))
                 if elapsed + pause > self.limits.retry_budget_seconds:
                     raise SchemaStepError(
-                        f"{what}: gave up after {elapsed:.0f} s and {attempt + 1} attempts "
+                        f"{what}: gave up after {elapsed:.0f} s and {tries + 1} attempts "
                         f"waiting for a {mode} lock on {table}, held by "
                         f"{describe_blockers(holders)}; end that session (or wait), then run "
                         "the same command again: it resumes here"
@@ -132,10 +145,40 @@ class DdlContext:
                 self.warn(
                     f"{what}: {mode} lock on {table} not granted within "
                     f"{self.limits.lock_timeout_ms} ms (held by {describe_blockers(holders)}); "
-                    f"attempt {attempt + 1}, retrying in {pause:.1f} s"
+                    f"attempt {tries + 1}, retrying in {pause:.1f} s"
                 )
                 await asyncio.sleep(pause)
-                attempt += 1
+                tries += 1
+
+    async def outside_transaction(
+        self, what: str, table: str, mode: str, statement: str, statement_timeout_ms: int
+    ) -> float:
+        """Run ``statement`` (``VACUUM FULL``: no transaction block) under the short lock
+        timeout and ``statement_timeout_ms``, retrying like :meth:`locked`; the seconds the
+        successful attempt took (the lock is held for at most that long)."""
+
+        async def attempt(conn: asyncpg.Connection) -> float:
+            started = time.perf_counter()
+            await conn.execute(statement)
+            return time.perf_counter() - started
+
+        old = await self.conn.fetchrow(
+            "SELECT current_setting('lock_timeout'), current_setting('statement_timeout')"
+        )
+        assert old is not None
+        await self.conn.execute(
+            f"SET lock_timeout = {int(self.limits.lock_timeout_ms)}; "
+            f"SET statement_timeout = {int(statement_timeout_ms)}"
+        )
+        try:
+            return await self._retrying(what, table, mode, attempt)
+        finally:
+            await self.conn.execute(
+                "SELECT set_config('lock_timeout', $1, false), "
+                "set_config('statement_timeout', $2, false)",
+                old[0],
+                old[1],
+            )
 
     async def holders(self, table: str, mode: str) -> list[Blocker]:
         """Sessions holding a lock on ``table`` that conflicts with ``mode``."""
@@ -157,7 +200,7 @@ class DdlContext:
         waiting = "nothing"
         try:
             deadline = time.monotonic() + self.limits.concurrent_deadline_seconds
-            last_said = 0.0
+            last_said = float("-inf")  # say the first wait at once, then every 5 checks
             while not task.done():
                 done, _ = await asyncio.wait({task}, timeout=self.limits.watchdog_interval_seconds)
                 if done:
