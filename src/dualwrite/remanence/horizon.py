@@ -40,7 +40,7 @@ async def wait_for_horizon(
     conn: asyncpg.Connection, deadline_seconds: float, say: Callable[[str], None]
 ) -> str | None:
     """``None`` once nothing predates the start; else why not, after ``deadline_seconds``."""
-    horizon = await conn.fetchval(_NEXT_XID)
+    horizon = int(await conn.fetchval(_NEXT_XID))
     deadline = time.monotonic() + deadline_seconds
     said = 0.0
     while True:

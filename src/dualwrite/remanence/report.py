@@ -79,6 +79,9 @@ class ScanReport:
     pages_scanned: int = 0
     bytes_scanned: int = 0
     compressed_values_expanded: int = 0
+    found_in: dict[str, int] = field(default_factory=dict)
+    """Distinct sampled values found per place: ``heap``, ``heap compressed``, ``index``,
+    ``toast``, ``toast compressed`` (counts only, never a value)."""
     relations: list[dict[str, Any]] = field(default_factory=list)
     not_scanned: list[NotScanned] = field(default_factory=list)
     checkpoint: str = "not needed"
@@ -110,9 +113,12 @@ class ScanReport:
             f"{self.compressed_values_expanded} compressed values expanded",
             f"  checkpoint:           {self.checkpoint}",
         ]
+        if self.found_in:
+            where = ", ".join(f"{k} {v}" for k, v in sorted(self.found_in.items()))
+            lines.append(f"  found in:             {where}")
         for rel in self.relations:
             lines.append(
-                f"    {rel['kind']:<12} {rel['name']}: {rel['pages']} pages, hits {rel['hits']}"
+                f"    {rel['kind']:<12} {rel['name']}: {rel['pages']} pages, {rel['hits']} found"
             )
         for miss in self.not_scanned:
             lines.append(f"  NOT SCANNED {miss.what}: {miss.reason}")

@@ -95,17 +95,19 @@ async def _sample(
 
 
 class _Search:
-    """Searches buffers for the needles; remembers which values were found, per relation."""
+    """Searches buffers for the needles; remembers which values were found, and where."""
 
     def __init__(self, matcher: Matcher, report: ScanReport) -> None:
         self.matcher, self.report = matcher, report
-        self.found: set[int] = set()
+        self.places: dict[str, set[int]] = {}
         self.lz4_skipped = 0
 
-    def buffer(self, data: bytes) -> set[int]:
-        return self.matcher.found(data)
+    def _note(self, place: str, hits: set[int]) -> set[int]:
+        if hits:
+            self.places.setdefault(place, set()).update(hits)
+        return hits
 
-    def compressed(self, value: CompressedValue, *, complete: bool) -> set[int]:
+    def compressed(self, place: str, value: CompressedValue, *, complete: bool) -> set[int]:
         if value.method == LZ4 and _lz4 is None:
             self.lz4_skipped += 1
             return set()
@@ -113,32 +115,37 @@ class _Search:
         if raw is None:
             return set()
         self.report.compressed_values_expanded += 1
-        return self.matcher.found(raw)
+        return self._note(f"{place} compressed", self.matcher.found(raw))
 
     async def relation(self, source: PageSource, rel: Relation) -> set[int]:
         hits: set[int] = set()
+        place = rel.kind.split()[0] if rel.kind != "toast index" else "index"
         toast = ToastValues() if rel.kind == "toast" else None
         pages = 0
         async for page in source.pages(rel):
             pages += 1
             self.report.bytes_scanned += len(page)
-            hits |= self.buffer(page)
+            hits |= self._note(place, self.matcher.found(page))
             if toast is not None:
                 toast.add(toast_chunks(page))
                 continue
             for _off, rawsize, method, payload in compressed_datums(page):
-                hits |= self.compressed(CompressedValue(rawsize, method, payload), complete=True)
+                datum = CompressedValue(rawsize, method, payload)
+                hits |= self.compressed(place, datum, complete=True)
         if toast is not None:
-            for value in toast.values():
-                hits |= self.buffer(value)
-                external = split_external(value)
+            for joined in toast.values():
+                hits |= self._note(place, self.matcher.found(joined))
+                external = split_external(joined)
                 if external is not None:
-                    hits |= self.compressed(external, complete=False)
+                    hits |= self.compressed(place, external, complete=False)
         self.report.pages_scanned += pages
         self.report.relations.append(
             {"name": rel.name, "kind": rel.kind, "pages": pages, "hits": len(hits)}
         )
         return hits
+
+    def summary(self) -> dict[str, int]:
+        return {place: len(keys) for place, keys in sorted(self.places.items())}
 
 
 async def scan(
@@ -188,6 +195,7 @@ async def scan(
                     )
                 )
             report.residual_plaintext = len(found)
+            report.found_in = search.summary()
         finally:
             await source.close()
         return report
