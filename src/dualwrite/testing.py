@@ -120,22 +120,19 @@ def debian_postgres(version: int = 15) -> Iterator[URL]:
     data = folder / "data"
     if os.geteuid() == 0:
         shutil.chown(folder, "postgres", "postgres")
-    run = {"check": True, "capture_output": True, "timeout": 120}
+
+    def run(args: list[str]) -> None:
+        subprocess.run(_as_postgres(args), check=True, capture_output=True, timeout=120)
+
     try:
-        subprocess.run(
-            _as_postgres(
-                [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-                 "-E", "UTF8", "--locale=C.UTF-8"]
-            ),
-            **run,
+        run(
+            [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+             "-E", "UTF8", "--locale=C.UTF-8"]
         )  # fmt: skip
         options = f"-k {folder} -c listen_addresses='' -p 5432"
-        subprocess.run(
-            _as_postgres(
-                [str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l",
-                 str(folder / "log"), "-w", "start"]
-            ),
-            **run,
+        run(
+            [str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l",
+             str(folder / "log"), "-w", "start"]
         )  # fmt: skip
         yield URL.create(
             "postgresql+asyncpg",

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clients_service.schema import CLIENTS_PII
 from clients_service.seed import seed_clients
-from dualwrite.db import make_engine
+from dualwrite.db import connect_raw, make_engine
 from dualwrite.schema import sql as schema_sql
 from dualwrite.testing import DatabaseFactory
 from tests.harness.locks import OpenTransaction, ReadProbe
@@ -74,18 +74,36 @@ async def run_cli(env: dict[str, str], *args: str) -> tuple[int, str]:
     return proc.returncode, err.decode()
 
 
+async def blocked_by(engine: AsyncEngine, pid: int, proc: asyncio.subprocess.Process) -> None:
+    """Wait until some session waits for ``pid`` (the command is at work and blocked)."""
+    conn = await connect_raw(engine)
+    try:
+        for _ in range(600):
+            assert proc.returncode is None, "the command ended before it ever waited"
+            if await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))", pid
+            ):
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError("nothing ever waited for the long transaction")
+    finally:
+        await conn.close()
+
+
 async def under_long_transaction(
     engine: AsyncEngine, env: dict[str, str], *args: str
 ) -> tuple[float, str, int]:
-    """Run ``dualwrite <args>`` while a REPEATABLE READ transaction stays open on clients for
-    3 s and another connection keeps reading; returns the probes' worst wait, stderr and the
-    holder's pid. The command must still be waiting when the transaction ends, then succeed."""
+    """Run ``dualwrite <args>`` while a REPEATABLE READ transaction stays open on clients (2.5 s
+    after the command first waits for it) and another connection keeps reading; returns the
+    probes' worst wait, stderr and the holder's pid. The command must still be waiting when the
+    transaction ends, then succeed."""
     async with ReadProbe(engine, PROBE) as probe:
         async with OpenTransaction(engine, "clients", "repeatable read") as holder:
             assert holder.conn is not None
             pid = holder.conn.get_server_pid()
             proc = await start_cli(env, *args)
-            await asyncio.sleep(3.0)
+            await blocked_by(engine, pid, proc)  # the command reached the table and waits
+            await asyncio.sleep(2.5)
             assert proc.returncode is None, "the step should still be waiting for the holder"
         _, err = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode == 0, err.decode()[-2000:]

@@ -20,7 +20,8 @@ from dualwrite.config import Settings
 from dualwrite.control.purge import rewrite_and_scan
 from dualwrite.control.transitions import change_phase
 from dualwrite.crypto import FieldCipher, load_keyring
-from dualwrite.db import execute_outside_transaction, make_engine
+from dualwrite.db import make_engine
+from dualwrite.errors import DualwriteError
 from dualwrite.remanence import RewriteOptions, repack_status, scan
 from dualwrite.schema import sql as schema_sql
 from dualwrite.testing import DatabaseFactory, debian_bindir, debian_postgres
@@ -137,7 +138,7 @@ async def test_vacuum_full_refused_when_its_estimate_exceeds_the_budget(
     await plant_and_purge(engine, cipher)
     await finalize_without_rewrite(engine, settings)
     tiny = make_settings(engine.url, rewrite_estimate_mb_per_second=0.001)
-    with pytest.raises(Exception, match="over the budget of 0.5 s"):
+    with pytest.raises(DualwriteError, match=r"over the budget of 0\.5 s"):
         await rewrite_and_scan(
             engine, "clients_pii", tiny, cipher, RewriteOptions("vacuum-full", 0.5)
         )
@@ -183,7 +184,6 @@ async def pg15_repack() -> AsyncIterator[tuple[URL, AsyncEngine]]:
     with debian_postgres(15) as server:
         factory = DatabaseFactory(server_url=server)
         url = await factory.create("0003")
-        await execute_outside_transaction(url.set(database=url.database), "SELECT 1")
         engine = make_engine(url, pool_size=3)
         async with engine.begin() as conn:
             await conn.execute(text("CREATE EXTENSION pg_repack"))

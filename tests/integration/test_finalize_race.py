@@ -1,0 +1,97 @@
+"""The finalize race: a legacy writer (not dualwrite: raw SQL on its own connection) stores
+plaintext while finalize runs. Its write is refused with an error or kept -- never dropped
+with the columns (the replaced finalize counted under a plain read, then dropped them, and a
+transaction open during that count lost its write)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import asyncpg
+import pytest
+from sqlalchemy import URL, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from clients_service.schema import CLIENTS_PII
+from clients_service.seed import seed_clients
+from dualwrite.config import Settings
+from dualwrite.control.transitions import change_phase
+from dualwrite.db import connect_raw
+from dualwrite.errors import SchemaStepError
+from dualwrite.schema import sql as schema_sql
+from tests.harness.processes import environment, kill, start_cli
+from tests.harness.steps import StepBarrier
+
+LATE = "late.write@example.org"
+
+
+async def purged_in_contract(engine: AsyncEngine) -> uuid.UUID:
+    await seed_clients(engine, 500, workspaces=2)
+    nulls = ", ".join(f"{f} = NULL" for f in CLIENTS_PII.field_names)
+    async with engine.begin() as conn:
+        await conn.execute(text(schema_sql.keep_ciphertext_sql()))
+        await conn.execute(text(f"UPDATE clients SET {nulls}"))
+        await conn.execute(text("UPDATE dualwrite_migrations SET phase = 'contract'"))
+        return uuid.UUID(
+            str((await conn.execute(text("SELECT min(id::text) FROM clients"))).scalar())
+        )
+
+
+async def stored_email(engine: AsyncEngine, rid: uuid.UUID) -> object:
+    async with engine.connect() as conn:
+        found = await conn.execute(text("SELECT email FROM clients WHERE id = :i"), {"i": rid})
+        return found.scalar()
+
+
+async def test_a_legacy_write_open_during_finalize_is_kept_and_finalize_refuses(
+    engine: AsyncEngine, settings: Settings
+) -> None:
+    rid = await purged_in_contract(engine)
+    writer = await connect_raw(engine)
+    await writer.execute("BEGIN")
+    await writer.execute("UPDATE clients SET email = $1 WHERE id = $2", LATE, rid)
+    finalize = asyncio.create_task(
+        change_phase(
+            engine, "clients_pii", "finalized", actor="test", reason="purged", force=False,
+            settings=settings, keyring_current="v1",
+        )
+    )  # fmt: skip
+    await asyncio.sleep(1.5)  # the guards counted 0 rows with plaintext; finalize is at work
+    assert not finalize.done()
+    await writer.execute("COMMIT")  # the legacy write lands before any column is dropped
+    await writer.close()
+    with pytest.raises(SchemaStepError, match="1 rows of clients still hold plaintext"):
+        await finalize
+    assert await stored_email(engine, rid) == LATE  # kept
+    async with engine.connect() as conn:
+        phase = (await conn.execute(text("SELECT phase FROM dualwrite_migrations"))).scalar()
+        fence = (
+            await conn.execute(
+                text("SELECT count(*) FROM pg_constraint WHERE conname = :n"),
+                {"n": schema_sql.fence_name(CLIENTS_PII)},
+            )
+        ).scalar()
+    assert phase == "contract" and fence == 0  # nothing moved; the fence was removed
+
+
+async def test_a_legacy_write_after_the_fence_is_refused_loudly(
+    database_url: URL, engine: AsyncEngine
+) -> None:
+    rid = await purged_in_contract(engine)
+    env = environment(database_url)
+    args = ("finalize", "clients_pii", "--reason", "purged", "--rewrite", "none")
+    async with StepBarrier(engine, "clients_pii", "contract", "key_guard") as barrier:
+        proc = await start_cli(env, *args)
+        await barrier.reached(proc)  # fenced and validated, columns not dropped yet
+        writer = await connect_raw(engine)
+        try:
+            with pytest.raises(asyncpg.exceptions.CheckViolationError, match="purged"):
+                await writer.execute("UPDATE clients SET email = $1 WHERE id = $2", LATE, rid)
+        finally:
+            await writer.close()
+        await kill(proc)
+    assert await stored_email(engine, rid) is None  # the writer got an error, not a silent drop
+    proc = await start_cli(env, *args)  # the rerun resumes at key_guard and finishes
+    _, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, err.decode()[-2000:]
