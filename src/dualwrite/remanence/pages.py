@@ -46,6 +46,9 @@ MAX_INLINE_RAW = 1 << 20
 """Largest raw size believed for an inline compressed datum (pglz cannot shrink more than
 about 90 times, and an inline datum is under a page)."""
 MAX_RAW = (1 << 30) - 1
+MAX_RATIO = 256
+"""Neither pglz (at most 273 bytes per 2-byte reference) nor lz4 expands a stream more than
+about 255 times: a header announcing more is not a compressed datum."""
 
 _U32 = struct.Struct("<I")
 _TOAST_HEAD = struct.Struct("<HHB")  # t_infomask2, t_infomask, t_hoff at offset 18
@@ -74,6 +77,8 @@ def compressed_datums(page: bytes) -> Iterator[tuple[int, int, int, bytes]]:
         tcinfo = _U32.unpack_from(page, off + 4)[0]
         rawsize, method = tcinfo & 0x3FFFFFFF, tcinfo >> 30
         if method > LZ4 or rawsize < total - 8 or rawsize > MAX_INLINE_RAW:
+            continue
+        if rawsize > MAX_RATIO * (total - 8) + 64:
             continue
         yield off, rawsize, method, bytes(page[off + 8 : off + total])
 
@@ -143,5 +148,7 @@ def split_external(value: bytes) -> CompressedValue | None:
     tcinfo = _U32.unpack_from(value, 0)[0]
     rawsize, method = tcinfo & 0x3FFFFFFF, tcinfo >> 30
     if method > LZ4 or rawsize <= len(value) - 4 or rawsize > MAX_RAW:
+        return None
+    if rawsize > MAX_RATIO * (len(value) - 4) + 64:
         return None
     return CompressedValue(rawsize, method, value[4:])
