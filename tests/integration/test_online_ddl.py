@@ -24,6 +24,7 @@ from dualwrite.testing import DatabaseFactory
 from tests.harness.locks import OpenTransaction, ReadProbe
 from tests.harness.processes import environment, kill, start_cli
 from tests.harness.steps import StepBarrier
+from tests.integration.finalize_helpers import purged_in_contract
 
 LOCK_TIMEOUT_S = 0.5
 STALL_BOUND_S = 4 * LOCK_TIMEOUT_S  # generous; the replaced code stalled reads 5 s
@@ -55,16 +56,6 @@ async def before_expand(db_factory: DatabaseFactory) -> AsyncIterator[tuple[URL,
     yield url, engine
     await engine.dispose()
     await db_factory.drop(url)
-
-
-async def ready_to_finalize(engine: AsyncEngine) -> None:
-    """Seeded, every plaintext purged, phase contract (what finalize starts from)."""
-    await seed_clients(engine, 2_000, workspaces=2)
-    nulls = ", ".join(f"{f} = NULL" for f in CLIENTS_PII.field_names)
-    async with engine.begin() as conn:
-        await conn.execute(text(schema_sql.keep_ciphertext_sql()))
-        await conn.execute(text(f"UPDATE clients SET {nulls}"))
-        await conn.execute(text("UPDATE dualwrite_migrations SET phase = 'contract'"))
 
 
 async def run_cli(env: dict[str, str], *args: str) -> tuple[int, str]:
@@ -128,7 +119,7 @@ async def test_expand_under_a_long_transaction_keeps_reads_flowing_then_complete
 async def test_finalize_under_a_long_transaction_keeps_reads_flowing_then_completes(
     database_url: URL, engine: AsyncEngine
 ) -> None:
-    await ready_to_finalize(engine)
+    await purged_in_contract(engine)
     env = environment(database_url)
     worst, err, pid = await under_long_transaction(
         engine, env, "finalize", "clients_pii", "--reason", "purged", "--rewrite", "none"
@@ -226,7 +217,7 @@ async def test_expand_killed_at_every_step_converges_and_its_downgrade_restores_
 async def test_finalize_killed_at_every_step_converges(
     database_url: URL, engine: AsyncEngine
 ) -> None:
-    await ready_to_finalize(engine)
+    await purged_in_contract(engine)
     env = environment(database_url)
     args = ("finalize", "clients_pii", "--reason", "purged", "--rewrite", "none")
     await kill_at_every_step(engine, env, "contract", CONTRACT_STEPS, *args)

@@ -27,6 +27,7 @@ b'PLAINPLAINPLAIN'
 
 from __future__ import annotations
 
+import re
 import struct
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -51,6 +52,13 @@ MAX_RATIO = 256
 about 255 times: a header announcing more is not a compressed datum."""
 
 _U32 = struct.Struct("<I")
+# candidate starts, found by the C regex engine before any Python-level check: a 4-byte
+# compressed-varlena header of a datum under 128 kB (low bits 10, third byte 0 or 1, fourth 0)
+_VARLENA_4B_C = re.compile(
+    b"(?=[" + bytes(b for b in range(256) if b & 3 == 2) + b"].[\x00\x01]\x00)", re.S
+)
+# and a TOAST tuple header: t_infomask2 low byte 3 (attributes), t_hoff 24 four bytes later
+_TOAST_TUPLE = re.compile(b"(?=\x03...\x18)", re.S)
 _TOAST_HEAD = struct.Struct("<HHB")  # t_infomask2, t_infomask, t_hoff at offset 18
 _TOAST_IDS = struct.Struct("<Ii")
 
@@ -67,10 +75,11 @@ class CompressedValue:
 def compressed_datums(page: bytes) -> Iterator[tuple[int, int, int, bytes]]:
     """``(offset, rawsize, method, payload)`` of every plausible inline compressed datum."""
     size = len(page)
-    for off in range(0, size - 8, 4):
-        header = _U32.unpack_from(page, off)[0]
-        if header & 0x03 != 0x02:
+    for match in _VARLENA_4B_C.finditer(page):
+        off = match.start()
+        if off % 4 or off > size - 9:
             continue
+        header = _U32.unpack_from(page, off)[0]
         total = header >> 2
         if total <= 8 or total > size - off:
             continue
@@ -93,7 +102,10 @@ class Chunk:
 def toast_chunks(page: bytes, max_chunk: int = 2048) -> Iterator[Chunk]:
     """Every plausible TOAST chunk tuple of a TOAST-relation page (live or dead)."""
     size = len(page)
-    for off in range(24, size - 33, 8):
+    for match in _TOAST_TUPLE.finditer(page):
+        off = match.start() - 18
+        if off < 24 or off % 8 or off > size - 34:
+            continue
         infomask2, infomask, hoff = _TOAST_HEAD.unpack_from(page, off + 18)
         if hoff != 24 or infomask2 & 0x07FF != 3 or infomask & 0x0001:
             continue

@@ -40,7 +40,7 @@ _RETRYABLE = (asyncpg.exceptions.LockNotAvailableError, asyncpg.exceptions.Deadl
 
 _HOLDERS_SQL = """
 SELECT DISTINCT a.pid, a.state, extract(epoch FROM clock_timestamp() - a.xact_start)::float8,
-       nullif(a.application_name, ''), a.xact_start
+       coalesce(nullif(a.application_name, ''), a.backend_type), a.xact_start, a.backend_type
 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
 WHERE l.locktype = 'relation' AND l.relation = to_regclass($1) AND l.granted
   AND l.pid <> pg_backend_pid() AND l.mode = ANY($2::text[])
@@ -101,6 +101,10 @@ class DdlContext:
     say: Callable[[str], None] = log.info
     warn: Callable[[str], None] = log.warning
     rng: random.Random = field(default_factory=random.Random)
+    _lock_ms: int = 0  # this attempt's lock_timeout (0: the configured one)
+
+    def lock_timeout_ms(self) -> int:
+        return self._lock_ms or int(self.limits.lock_timeout_ms)
 
     async def locked(
         self, what: str, table: str, mode: str, body: Callable[[asyncpg.Connection], Awaitable[T]]
@@ -112,7 +116,7 @@ class DdlContext:
         async def attempt(conn: asyncpg.Connection) -> T:
             async with conn.transaction():
                 await conn.execute(
-                    f"SET LOCAL lock_timeout = {int(self.limits.lock_timeout_ms)}; "
+                    f"SET LOCAL lock_timeout = {self.lock_timeout_ms()}; "
                     f"SET LOCAL statement_timeout = {int(self.limits.statement_timeout_ms)}"
                 )
                 return await body(conn)
@@ -128,11 +132,15 @@ class DdlContext:
     ) -> T:
         started = time.monotonic()
         tries = 0
+        self._lock_ms = 0
         while True:
             try:
-                return await attempt(self.conn)
+                done = await attempt(self.conn)
+                self._lock_ms = 0
+                return done
             except _RETRYABLE:
-                holders = await self.holders(table, mode)
+                holders, autovacuum = await self._holders(table, mode)
+                self._lock_ms = await self._autovacuum_wait_ms() if autovacuum else 0
                 elapsed = time.monotonic() - started
                 pause = backoff_seconds(tries, jitter=self.rng.uniform(0.5, 1.0))
                 if elapsed + pause > self.limits.retry_budget_seconds:
@@ -146,6 +154,11 @@ class DdlContext:
                     f"{what}: {mode} lock on {table} not granted within "
                     f"{self.limits.lock_timeout_ms} ms (held by {describe_blockers(holders)}); "
                     f"attempt {tries + 1}, retrying in {pause:.1f} s"
+                    + (
+                        " (autovacuum: waiting deadlock_timeout so it yields)"
+                        if self._lock_ms
+                        else ""
+                    )
                 )
                 await asyncio.sleep(pause)
                 tries += 1
@@ -166,12 +179,14 @@ class DdlContext:
             "SELECT current_setting('lock_timeout'), current_setting('statement_timeout')"
         )
         assert old is not None
-        await self.conn.execute(
-            f"SET lock_timeout = {int(self.limits.lock_timeout_ms)}; "
-            f"SET statement_timeout = {int(statement_timeout_ms)}"
-        )
+        await self.conn.execute(f"SET statement_timeout = {int(statement_timeout_ms)}")
+
+        async def timed(conn: asyncpg.Connection) -> float:
+            await conn.execute(f"SET lock_timeout = {self.lock_timeout_ms()}")
+            return await attempt(conn)
+
         try:
-            return await self._retrying(what, table, mode, attempt)
+            return await self._retrying(what, table, mode, timed)
         finally:
             await self.conn.execute(
                 "SELECT set_config('lock_timeout', $1, false), "
@@ -182,8 +197,22 @@ class DdlContext:
 
     async def holders(self, table: str, mode: str) -> list[Blocker]:
         """Sessions holding a lock on ``table`` that conflicts with ``mode``."""
+        return (await self._holders(table, mode))[0]
+
+    async def _holders(self, table: str, mode: str) -> tuple[list[Blocker], bool]:
+        """The holders, and whether they are all autovacuum workers."""
         rows = await self.conn.fetch(_HOLDERS_SQL, table, sorted(conflicting(mode)))
-        return _blockers(rows)
+        only_autovacuum = bool(rows) and all(r[5] == "autovacuum worker" for r in rows)
+        return _blockers(rows), only_autovacuum
+
+    async def _autovacuum_wait_ms(self) -> int:
+        """PostgreSQL cancels an autovacuum worker that blocks a lock request only after the
+        request has waited ``deadlock_timeout``: a shorter lock timeout would give up first,
+        every time. The next attempt waits ``deadlock_timeout`` + 200 ms (capped at 2 s)."""
+        value = await self.conn.fetchval(
+            "SELECT setting::int FROM pg_settings WHERE name = 'deadlock_timeout'"
+        )
+        return max(int(self.limits.lock_timeout_ms), min(int(value or 1000) + 200, 2000))
 
     async def concurrently(self, what: str, statement: str) -> None:
         """Run a ``... CONCURRENTLY`` statement with no lock or statement timeout, under the

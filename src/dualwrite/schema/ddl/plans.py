@@ -36,24 +36,13 @@ from dualwrite.spec import MigrationSpec
 __all__ = ["contract", "expand", "recorded_indexes", "uncontract", "unexpand"]
 
 
-def _stale_guard(spec: MigrationSpec) -> InstallTrigger:
-    return InstallTrigger(
-        "stale_guard",
-        spec,
-        sql.STALE_GUARD_TRIGGER,
-        sql.stale_guard_function(spec),
-        sql.stale_guard_function_ddl(spec),
-    )
-
-
-def _key_guard(spec: MigrationSpec) -> InstallTrigger:
-    return InstallTrigger(
-        "key_guard",
-        spec,
-        sql.KEY_GUARD_TRIGGER,
-        sql.key_guard_function(spec),
-        sql.key_guard_function_ddl(spec),
-    )
+def _guard(spec: MigrationSpec, kind: str) -> InstallTrigger:
+    """The stale guard (``kind="stale"``) or the key guard (``"key"``), enabled ALWAYS."""
+    if kind == "stale":
+        fn, ddl = sql.stale_guard_function(spec), sql.stale_guard_function_ddl(spec)
+        return InstallTrigger("stale_guard", spec, sql.STALE_GUARD_TRIGGER, fn, ddl)
+    fn, ddl = sql.key_guard_function(spec), sql.key_guard_function_ddl(spec)
+    return InstallTrigger("key_guard", spec, sql.KEY_GUARD_TRIGGER, fn, ddl)
 
 
 def _added_columns(spec: MigrationSpec) -> dict[str, str]:
@@ -85,7 +74,7 @@ def expand(spec: MigrationSpec) -> list[Step]:
     steps: list[Step] = [
         AddColumns("add_columns", spec.table, _added_columns(spec)),
         DropNotNull(spec),
-        _stale_guard(spec),
+        _guard(spec, "stale"),
     ]
     statements = sql.blind_index_ddl(spec, concurrently=True)
     for f, statement in zip(spec.searchable, statements, strict=True):
@@ -112,7 +101,7 @@ def contract(spec: MigrationSpec, drop_indexes: tuple[str, ...] = ()) -> list[St
         Preflight(spec, drop_indexes),
         *(DropIndex(index) for index in drop_indexes),
         Fence(spec),
-        _key_guard(spec),
+        _guard(spec, "key"),
         DropColumns(
             "drop_plaintext", spec.table, list(spec.field_names), (sql.STALE_GUARD_TRIGGER,)
         ),
@@ -142,7 +131,7 @@ async def uncontract(ctx: DdlContext, spec: MigrationSpec) -> list[Step]:
     columns = {name: str(types.get(name, "text")) for name in spec.field_names}
     steps: list[Step] = [
         AddColumns("add_plaintext", spec.table, columns),
-        _stale_guard(spec),
+        _guard(spec, "stale"),
         DropTrigger("drop_key_guard", spec, sql.KEY_GUARD_TRIGGER, sql.key_guard_function(spec)),
     ]
     for index, definition in sorted((await recorded_indexes(ctx, spec)).items()):
