@@ -210,3 +210,39 @@ async def test_on_postgresql_15_pg_repack_removes_the_plaintext_lz4_included(
     assert after.rewrite.method == "repack"  # type: ignore[attr-defined]
     before = result["before"]
     assert before.compressed_values_expanded > 0  # type: ignore[attr-defined]
+
+
+async def test_scan_and_rewrite_commands_exit_codes_and_json(
+    engine: AsyncEngine, settings: Settings, database_url: URL
+) -> None:
+    import asyncio
+    import json
+
+    from tests.harness.processes import environment, start_cli
+
+    cipher = FieldCipher(load_keyring(settings))
+    await plant_and_purge(engine, cipher)
+    await finalize_without_rewrite(engine, settings)
+    env = environment(database_url)
+
+    async def cli(*args: str) -> tuple[int, str, str]:
+        proc = await start_cli(env, *args)
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        return int(proc.returncode or 0), out.decode(), err.decode()
+
+    code, out, err = await cli("scan", "clients_pii", "--json")
+    assert code == 1 and json.loads(out)["residual_plaintext"] > 0
+    assert "plaintext found" in err and "Traceback" not in err
+    code, _, err = await cli("rewrite", "clients_pii", "--method", "vacuum-full")
+    assert code == 1 and "--offline-rewrite-budget" in err and len(err.strip().splitlines()) == 1
+    code, out, _ = await cli("rewrite", "clients_pii")  # auto: no pg_repack, no budget
+    assert code == 1 and "PENDING" in out and "--offline-rewrite-budget SECONDS" in out
+    code, out, err = await cli(
+        "rewrite", "clients_pii", "--method", "vacuum-full", "--offline-rewrite-budget", "30"
+    )
+    assert code == 0, err[-2000:]
+    assert "done with vacuum-full" in out and "result: PASS" in out
+    code, out, _ = await cli("scan", "clients_pii", "--json", "--sample", "1000")
+    report = json.loads(out)
+    assert code == 0 and report["residual_plaintext"] == 0 and report["passed"] is True
+    assert "server logs" in report["outside_reach"]
