@@ -22,12 +22,12 @@ Either way it waits first until no snapshot or replication slot predates the pur
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -39,7 +39,7 @@ from dualwrite.remanence.report import RewriteReport
 from dualwrite.schema import ddl
 from dualwrite.spec import MigrationSpec
 
-__all__ = ["METHODS", "RewriteOptions", "repack_status", "rewrite"]
+__all__ = ["METHODS", "RewriteOptions", "RewritePlan", "decide", "repack_status", "rewrite"]
 
 log = logging.getLogger("dualwrite.schema.rewrite")
 
@@ -149,6 +149,60 @@ async def _repack(
     return True, ""
 
 
+@dataclass(frozen=True, slots=True)
+class RewritePlan:
+    """What :func:`decide` chose: a ``method`` to run, or none and why (``refuse``: the
+    operator asked for something that cannot be done, so it is an error, not "pending")."""
+
+    method: str | None
+    reason: str = ""
+    refuse: bool = False
+
+
+def decide(
+    requested: str, budget: float | None, repack_problem: str, estimate_seconds: float
+) -> RewritePlan:
+    """Pure: which rewrite runs (``repack_problem`` is ``""`` when pg_repack can run).
+
+    >>> decide("auto", None, "", 3.0).method
+    'repack'
+    >>> decide("auto", 5.0, "no client", 3.0).method
+    'vacuum-full'
+    >>> decide("auto", None, "no client", 3.0).reason
+    'pg_repack unavailable (no client) and no offline budget'
+    >>> decide("vacuum-full", 1.0, "", 3.0).refuse
+    True
+    """
+    if requested == "none":
+        return RewritePlan(None, "--rewrite none")
+    method = requested
+    if requested == "auto":
+        method = "repack" if not repack_problem else ("vacuum-full" if budget else "")
+        if not method:
+            return RewritePlan(
+                None, f"pg_repack unavailable ({repack_problem}) and no offline budget"
+            )
+    if method == "repack":
+        if repack_problem:
+            return RewritePlan(None, f"pg_repack cannot run here: {repack_problem}", True)
+        return RewritePlan("repack")
+    if budget is None:
+        return RewritePlan(
+            None,
+            "VACUUM FULL holds ACCESS EXCLUSIVE for the whole rewrite: grant an offline lock "
+            "budget with --offline-rewrite-budget SECONDS (or use pg_repack)",
+            True,
+        )
+    if estimate_seconds > budget:
+        return RewritePlan(
+            None,
+            f"VACUUM FULL is estimated at {estimate_seconds:.1f} s of ACCESS EXCLUSIVE, over "
+            f"the budget of {budget:g} s",
+            requested == "vacuum-full",
+        )
+    return RewritePlan("vacuum-full")
+
+
 async def rewrite(
     engine: AsyncEngine,
     spec: MigrationSpec,
@@ -157,8 +211,8 @@ async def rewrite(
     *,
     say: Callable[[str], None] = log.info,
 ) -> RewriteReport:
-    """Rewrite ``spec``'s table (see the module docstring); never raises for "could not"
-    (the report says pending and how), only for a request that makes no sense."""
+    """Rewrite ``spec``'s table (see the module docstring). A rewrite that cannot run now is
+    reported pending with how to do it; only a request that cannot be met raises."""
     report = RewriteReport(spec.name, spec.table, "pending")
     async with ddl.session(engine, settings) as ctx:
         ctx.say = say
@@ -173,47 +227,25 @@ async def rewrite(
             )
         await ddl.ensure_journal(conn)
         journal = ddl.Journal(conn, spec.name, "rewrite")
-        report.size_before = int(
-            await conn.fetchval("SELECT pg_total_relation_size(to_regclass($1))", spec.table)
-        )
+        report.size_before = await _total_size(conn, spec.table)
         rate = float(getattr(settings, "rewrite_estimate_mb_per_second", 20.0))
         estimate = report.size_before / (rate * 1e6)
-        client, no_repack = await repack_status(conn, settings)
-        method = options.method
-        if method == "auto":
-            method = "repack" if client else ("vacuum-full" if options.budget else "none")
-        if method == "repack" and client is None and options.method == "repack":
-            raise DualwriteError(f"pg_repack cannot run here: {no_repack}")
-        if method == "vacuum-full" and options.budget is None:
-            raise DualwriteError(
-                "VACUUM FULL holds ACCESS EXCLUSIVE for the whole rewrite: grant an offline "
-                "lock budget with --offline-rewrite-budget SECONDS (or use pg_repack)"
-            )
+        client, problem = await repack_status(conn, settings)
+        plan = decide(options.method, options.budget, problem, estimate)
+        if plan.refuse:
+            raise DualwriteError(plan.reason)
         report.how = (
             f"`dualwrite rewrite {spec.name} --method repack` once pg_repack runs here "
-            f"({no_repack or 'available'}), or `dualwrite rewrite {spec.name} --method "
+            f"({problem or 'available'}), or `dualwrite rewrite {spec.name} --method "
             f"vacuum-full --offline-rewrite-budget SECONDS` in a maintenance window "
             f"(estimated {estimate:.1f} s of ACCESS EXCLUSIVE)"
         )
-        if method == "none":
+        if plan.method is None:
             report.status = "skipped" if options.method == "none" else "pending"
-            report.reason = (
-                "no rewrite method applies" if options.method == "auto" else ("--rewrite none")
-            )
-            if options.method == "auto":
-                report.reason = f"pg_repack unavailable ({no_repack}) and no offline budget"
+            report.reason = plan.reason
             await journal.record("rewrite", "pending", detail=report.as_dict())
             return report
-        if method == "vacuum-full" and options.budget is not None and estimate > options.budget:
-            report.reason = (
-                f"VACUUM FULL of {report.size_before:,} bytes is estimated at {estimate:.1f} s "
-                f"of ACCESS EXCLUSIVE, over the budget of {options.budget:g} s"
-            )
-            if options.method == "vacuum-full":
-                raise DualwriteError(report.reason)
-            await journal.record("rewrite", "pending", detail=report.as_dict())
-            return report
-        await journal.record("rewrite", "started", detail={"method": method})
+        await journal.record("rewrite", "started", detail={"method": plan.method})
         wait = float(getattr(settings, "rewrite_wait_seconds", 60.0))
         old = await wait_for_horizon(conn, wait, say)
         if old is not None:
@@ -221,24 +253,24 @@ async def rewrite(
             await journal.record("rewrite", "pending", detail=report.as_dict())
             return report
         started = time.perf_counter()
-        report.method = method
-        if method == "repack":
+        report.method = plan.method
+        if plan.method == "repack":
             assert client is not None
             ok, why = await _repack(engine, ctx, client, spec.table, wait)
         else:
             assert options.budget is not None
             ok, why = await _vacuum_full(ctx, spec.table, options.budget, report)
         report.seconds = time.perf_counter() - started
-        if not ok:
-            report.reason = why
-            await journal.record("rewrite", "pending", detail=report.as_dict())
-            return report
-        report.status = "done"
-        report.size_after = int(
-            await conn.fetchval("SELECT pg_total_relation_size(to_regclass($1))", spec.table)
-        )
-        await journal.record("rewrite", "done", detail=json.loads(json.dumps(report.as_dict())))
+        if ok:
+            report.status = "done"
+            report.size_after = await _total_size(conn, spec.table)
+        report.reason = why
+        await journal.record("rewrite", report.status, detail=report.as_dict())
         return report
+
+
+async def _total_size(conn: asyncpg.Connection, table: str) -> int:
+    return int(await conn.fetchval("SELECT pg_total_relation_size(to_regclass($1))", table))
 
 
 async def _vacuum_full(
