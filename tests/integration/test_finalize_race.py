@@ -120,6 +120,13 @@ async def test_finalize_preflight_lists_each_dependency_on_one_line_and_changes_
         await conn.execute(
             text("CREATE POLICY own_rows ON clients USING (address IS NULL OR address <> '')")
         )
+        await conn.execute(text("CREATE PUBLICATION contacts FOR TABLE clients (id, email)"))
+        await conn.execute(
+            text(
+                "ALTER TABLE clients ADD COLUMN email_domain text "
+                "GENERATED ALWAYS AS (split_part(email, '@', 2)) STORED"
+            )
+        )
     env = environment(database_url)
     proc = await start_cli(
         env, "finalize", "clients_pii", "--reason", "purged", "--rewrite", "none"
@@ -131,7 +138,12 @@ async def test_finalize_preflight_lists_each_dependency_on_one_line_and_changes_
     assert any(line.startswith("- view client_contacts (uses email, phone)") for line in lines)
     assert any("ix_clients_phone_unique (uses phone)" in line for line in lines)
     assert any("policy own_rows" in line and "(uses address)" in line for line in lines)
-    assert len(lines) == 3, lines
+    assert any(
+        line.startswith("- publication of table clients in publication contacts (uses email)")
+        for line in lines
+    )
+    assert "- generated column email_domain of table clients (uses email)" in lines
+    assert len(lines) == 5, lines
     async with engine.connect() as conn:
         phase = (await conn.execute(text("SELECT phase FROM dualwrite_migrations"))).scalar()
         kept = (

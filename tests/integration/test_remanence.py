@@ -246,3 +246,24 @@ async def test_scan_and_rewrite_commands_exit_codes_and_json(
     report = json.loads(out)
     assert code == 0 and report["residual_plaintext"] == 0 and report["passed"] is True
     assert "server logs" in report["outside_reach"]
+
+
+async def test_a_snapshot_older_than_the_purge_keeps_the_rewrite_pending_and_named(
+    engine: AsyncEngine, settings: Settings
+) -> None:
+    """A rewrite copies tuples an old snapshot may still see: it waits, then reports
+    pending, naming the session."""
+    from tests.harness.locks import OpenTransaction
+
+    cipher = FieldCipher(load_keyring(settings))
+    await plant_and_purge(engine, cipher)
+    await finalize_without_rewrite(engine, settings)
+    impatient = make_settings(engine.url, rewrite_wait_seconds=1.0)
+    async with OpenTransaction(engine, "dualwrite_migrations", "repeatable read") as old:
+        assert old.conn is not None
+        pid = old.conn.get_server_pid()
+        report = await rewrite_and_scan(
+            engine, "clients_pii", impatient, cipher, RewriteOptions("vacuum-full", 30)
+        )
+    assert report.rewrite.status == "pending" and report.scan is None
+    assert f"sessions older than the purge: pid {pid}" in report.rewrite.reason

@@ -25,7 +25,8 @@ EXPECTED = {
     "BlindIndexKeyMissingError", "EncryptionUnavailableError", "DecryptionError",
     "DatabaseUnavailableError", "RequestError", "PhaseError", "UnknownMigrationError",
     "UnknownPhaseError", "IllegalTransitionError", "ReasonRequiredError", "GuardsFailedError",
-    "TransitionConflictError", "ModeNotAllowedError",
+    "TransitionConflictError", "ModeNotAllowedError", "SchemaStepError",
+    "DependenciesRemainError",
 }  # fmt: skip
 
 

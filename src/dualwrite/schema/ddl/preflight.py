@@ -1,11 +1,12 @@
 """Before fencing: what still depends on the plaintext columns (finalize refuses while any does).
 
 Views and materialized views, generated columns, row-level security policies, publication
-column lists and row filters, indexes, constraints (``CHECK``, ``UNIQUE``, foreign keys in
-either direction), column triggers and extended statistics. ``DROP COLUMN`` would either fail
-on them (views, generated columns) or drop them silently (indexes, constraints, policies,
-publication lists), and either is a surprise in the middle of a finalize. The contract revision
-names the indexes it drops itself (``drop_indexes``); those are not reported.
+column lists and row filters (PostgreSQL 15+ records them as dependencies), indexes,
+constraints (``CHECK``, ``UNIQUE``, foreign keys in either direction), column triggers and
+extended statistics. ``DROP COLUMN`` would either fail on them (views, generated columns) or
+drop them silently (indexes, constraints, policies, publication lists), and either is a
+surprise in the middle of a finalize. The contract revision names the indexes it drops
+itself (``drop_indexes``); those are not reported.
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ SELECT CASE
            FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class WHERE r.oid = d.objid)
          WHEN d.classid = 'pg_class'::regclass AND d.objid = to_regclass($1) THEN
            'generated ' || pg_describe_object(d.classid, d.objid, d.objsubid)
+         WHEN d.classid = 'pg_attrdef'::regclass THEN (
+           SELECT CASE WHEN a.attgenerated <> '' THEN 'generated column ' ELSE 'default of column '
+                  END || a.attname || ' of table ' || ad.adrelid::regclass::text
+           FROM pg_attrdef ad
+           JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum
+           WHERE ad.oid = d.objid)
          ELSE pg_describe_object(d.classid, d.objid, d.objsubid)
        END AS what,
        string_agg(DISTINCT cols.attname, ', ' ORDER BY cols.attname) AS columns
@@ -46,16 +53,6 @@ WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = to_regclass($1)
   AND NOT (d.classid = 'pg_constraint'::regclass AND d.objid IN (
         SELECT oid FROM pg_constraint WHERE conname = ANY($4::text[]) OR contype = 'n'))
 GROUP BY 1 ORDER BY 1
-"""
-
-_PUBLICATION_COLUMNS_SQL = """
-SELECT 'column list of publication ' || p.pubname,
-       string_agg(a.attname, ', ' ORDER BY a.attname)
-FROM pg_publication_rel pr
-JOIN pg_publication p ON p.oid = pr.prpubid
-JOIN pg_attribute a ON a.attrelid = pr.prrelid AND a.attnum = ANY(pr.prattrs::int2[])
-WHERE pr.prrelid = to_regclass($1) AND a.attname = ANY($2::text[])
-GROUP BY p.pubname ORDER BY 1
 """
 
 
@@ -71,9 +68,7 @@ async def plaintext_dependencies(
         for name in allowed_indexes
         if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name)
     ]
-    rows = list(await conn.fetch(_DEPENDENTS_SQL, spec.table, columns, allowed, own))
-    if int(await conn.fetchval("SHOW server_version_num")) >= 150000:
-        rows += list(await conn.fetch(_PUBLICATION_COLUMNS_SQL, spec.table, columns))
+    rows = await conn.fetch(_DEPENDENTS_SQL, spec.table, columns, allowed, own)
     return [f"{r[0]} (uses {r[1]})" for r in rows if r[0]]
 
 
