@@ -1,8 +1,11 @@
 """Contract: drop the plaintext columns of clients (runs only through ``dualwrite finalize``).
 
-Refuses unless migration ``clients_pii`` is in ``contract`` with every plaintext purged.
-Downgrade re-adds the columns (nullable) and the stale guard; ``dualwrite backfill --mode
-decrypt`` then restores the values.
+Refuses unless migration ``clients_pii`` is in ``contract``. Drops the two indexes of the
+reference schema that index plaintext (they hold only NULLs after the purge) concurrently,
+fences the plaintext (``CHECK (... IS NULL)``, validated: a late legacy write fails instead of
+vanishing), swaps the stale guard for the key guard and drops the columns. Downgrade re-adds
+the columns (nullable, same types), the stale guard and the two indexes; ``dualwrite backfill
+--mode decrypt`` then restores the values.
 
 Revision ID: 0004
 Revises: 0003
@@ -19,10 +22,13 @@ branch_labels = None
 depends_on = None
 
 dualwrite_contract = True
+dualwrite_migration = "clients_pii"
+
+PLAINTEXT_INDEXES = ("ix_clients_workspace_email", "ix_clients_workspace_lastname_firstname")
 
 
 def upgrade() -> None:
-    schema_ops.contract(CLIENTS_PII)
+    schema_ops.contract(CLIENTS_PII, drop_indexes=PLAINTEXT_INDEXES)
 
 
 def downgrade() -> None:

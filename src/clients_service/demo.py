@@ -7,10 +7,14 @@ it walks every phase through the real guards::
 
     plaintext → dual_write → backfill (encrypt + full verify + Locust gate)
               → read_switch (soak + gate) → contract (purge) → finalized (drop plaintext)
+              → rewrite (VACUUM FULL, explicit small offline budget) → remanence scan
 
 At the end it reads every client the traffic wrote back through the API and compares it with the
-last value written: zero lost writes is the point. Without configured keys it generates
-throwaway ones (and says so); soak time is shortened to a few seconds for the demo.
+last value written: zero lost writes is the point, and zero residual plaintext in the table's
+files the other. Without configured keys it generates throwaway ones (and says so); soak time
+is shortened to a few seconds for the demo. The rewrite is granted an offline lock budget of
+:data:`REWRITE_BUDGET_SECONDS` because this is a demo table (pg_repack is used instead when it
+can run): a production finalize gets none unless the operator grants it.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ import base64
 import contextlib
 import importlib
 import os
-import random
 import secrets
 import socket
 import time
@@ -34,21 +37,25 @@ from sqlalchemy import URL, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clients_service import gate as reference_gate
+from clients_service.traffic import Traffic
 from dualwrite.backfill import Backfiller, BackfillOptions, BackfillReport
 from dualwrite.config import Settings
 from dualwrite.control import gate as gate_mod
 from dualwrite.control import transitions
+from dualwrite.control.purge import rewrite_and_scan
 from dualwrite.crypto import BlindIndex, FieldCipher, load_blind_index_key, load_keyring
 from dualwrite.db import execute_outside_transaction, make_engine, resolve_url
 from dualwrite.errors import DualwriteError, GuardsFailedError
 from dualwrite.metrics import Metrics
 from dualwrite.phases import BackfillMode, Phase
+from dualwrite.remanence import RewriteOptions
 from dualwrite.schema import migrate
 from dualwrite.state import registry, results
 from dualwrite.verify import verify
 
 MIGRATION = "clients_pii"
 DEMO_DATABASE = "dualwrite_demo"
+REWRITE_BUDGET_SECONDS = 10.0
 
 Say = Callable[[str], None]
 
@@ -60,10 +67,32 @@ class DemoSummary:
     writes_failed: int = 0
     clients_checked: int = 0
     lost_writes: int = 0
-    phases: list[tuple[str, float]] = field(default_factory=list)
+    phases: list[str] = field(default_factory=list)
     backfill_rows_per_s: float = 0.0
     gates: list[dict[str, Any]] = field(default_factory=list)
     throwaway_keys: bool = False
+    mismatches: int = 0
+    rewrite: dict[str, Any] = field(default_factory=dict)
+    residual_plaintext: int | None = None
+    p95_ms_per_phase: dict[str, float] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        """The summary ``dualwrite demo --json`` prints (one object)."""
+        return {
+            "rows": self.rows_seeded,
+            "phases_passed": self.phases,
+            "mismatches": self.mismatches,
+            "failed_requests": self.writes_failed,
+            "writes_during_migration": self.writes_ok,
+            "lost_writes": self.lost_writes,
+            "clients_checked": self.clients_checked,
+            "backfill_rows_per_s": round(self.backfill_rows_per_s),
+            "rewrite": self.rewrite,
+            "residual_plaintext": self.residual_plaintext,
+            "p95_ms_per_phase": self.p95_ms_per_phase,
+            "gates": self.gates,
+            "throwaway_keys": self.throwaway_keys,
+        }
 
 
 def demo_settings(base: Settings, url: URL) -> tuple[Settings, bool]:
@@ -101,80 +130,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class Traffic:
-    """Continuous creates and updates through the API; remembers the last value of each client."""
-
-    def __init__(self, client: httpx.AsyncClient, workspace: str) -> None:
-        self.client, self.ws = client, workspace
-        self.expected: dict[str, dict[str, Any]] = {}
-        self.ok = self.failed = 0
-        self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._locks: dict[str, asyncio.Lock] = {}
-
-    async def create(self) -> None:
-        n = len(self.expected)
-        body = {
-            "first_name": random.choice(["Ana", "Chloé", "Dmitri", "Søren", "Ngozi"]),
-            "last_name": random.choice(["Müller", "Dubois", "Tanaka", "O'Brien"]),
-            "email": f"demo{n}.{uuid.uuid4().hex[:6]}@example.org",
-            "phone": f"+1 555 {random.randint(100, 999)} {random.randint(1000, 9999)}",
-            "address": f"{random.randint(1, 999)} Harbor St, Kingston",
-            "medical_history": "Initial assessment: adjustment disorder. " * 4,
-        }
-        resp = await self.client.post(f"/workspaces/{self.ws}/clients", json=body)
-        if resp.status_code == 201:
-            self.ok += 1
-            data = resp.json()
-            self.expected[data["id"]] = {k: data.get(k) for k in body}
-        else:
-            self.failed += 1
-
-    async def update(self) -> None:
-        cid = random.choice(list(self.expected))
-        lock = self._locks.setdefault(cid, asyncio.Lock())
-        async with lock:  # one writer per client at a time: "last value written" is well defined
-            patch = {
-                "phone": f"+1 555 {random.randint(100, 999)} {random.randint(1000, 9999)}",
-                "address": f"{random.randint(1, 999)} Mill St, Ashford",
-            }
-            resp = await self.client.patch(f"/workspaces/{self.ws}/clients/{cid}", json=patch)
-            if resp.status_code == 200:
-                self.ok += 1
-                data = resp.json()
-                self.expected[cid] = {k: data.get(k) for k in self.expected[cid]}
-            else:
-                self.failed += 1
-
-    async def _writer(self) -> None:
-        while not self._stop.is_set():
-            try:
-                if len(self.expected) < 20 or random.random() < 0.3:
-                    await self.create()
-                else:
-                    await self.update()
-            except httpx.HTTPError:
-                self.failed += 1
-            await asyncio.sleep(0.01)
-
-    def start(self, writers: int = 2) -> None:
-        self._tasks = [asyncio.create_task(self._writer()) for _ in range(writers)]
-
-    async def stop(self) -> None:
-        self._stop.set()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def lost_writes(self) -> tuple[int, int]:
-        """Read every client back; count those whose fields differ from the last write."""
-        lost = 0
-        for cid, fields in self.expected.items():
-            resp = await self.client.get(f"/workspaces/{self.ws}/clients/{cid}")
-            got = resp.json() if resp.status_code == 200 else {}
-            if any(got.get(k) != v for k, v in fields.items()):
-                lost += 1
-        return len(self.expected), lost
-
-
 async def _move(
     engine: AsyncEngine,
     settings: Settings,
@@ -182,6 +137,8 @@ async def _move(
     target: Phase,
     reason: str,
     say: Say,
+    traffic: Traffic | None = None,
+    summary: DemoSummary | None = None,
     timeout: float = 30.0,
 ) -> None:
     """Change phase through the real guards, retrying while only the fleet has to catch up."""
@@ -199,6 +156,10 @@ async def _move(
                 keyring_current=current_key,
             )
             say(f"phase → [bold]{state.phase.value}[/bold] (version {state.version}): {reason}")
+            if traffic is not None:
+                traffic.phase = state.phase.value
+            if summary is not None:
+                summary.phases.append(state.phase.value)
             return
         except GuardsFailedError as exc:
             waiting = [f for f in exc.failures if f.name.startswith(("fleet_", "soak_time"))]
@@ -305,10 +266,12 @@ async def run_demo(base: Settings, *, rows: int, say: Say) -> DemoSummary:
                     str(busiest),
                     summary,
                     say,
+                    traffic,
                 )
             finally:
                 await traffic.stop()  # before reading back: "last value written" is then final
             summary.writes_ok, summary.writes_failed = traffic.ok, traffic.failed
+            summary.p95_ms_per_phase = traffic.p95_ms()
             summary.clients_checked, summary.lost_writes = await traffic.lost_writes()
         finally:
             await client.aclose()
@@ -341,11 +304,17 @@ async def _walk(
     workspace: str,
     summary: DemoSummary,
     say: Say,
+    traffic: Traffic,
 ) -> None:
-    """Every phase, forward, through the real guards, while traffic runs."""
+    """Every phase, forward, through the real guards, while traffic runs; then the rewrite
+    and the remanence scan."""
     started = time.perf_counter()
-    await _move(engine, settings, current_key, Phase.DUAL_WRITE, "expand applied", say)
-    await _move(engine, settings, current_key, Phase.BACKFILL, "fleet dual-writes", say)
+
+    async def move(target: Phase, reason: str) -> None:
+        await _move(engine, settings, current_key, target, reason, say, traffic, summary)
+
+    await move(Phase.DUAL_WRITE, "expand applied")
+    await move(Phase.BACKFILL, "fleet dual-writes")
     t0 = time.perf_counter()
     backfill = _backfiller(engine, cipher, bidx)
     report = await backfill(BackfillMode.ENCRYPT)
@@ -358,19 +327,29 @@ async def _walk(
     async with engine.connect() as conn:
         spec = (await registry.get_migration(conn, MIGRATION)).spec
     result = await verify(engine, spec, cipher, bidx, full=True)
+    summary.mismatches = result.problems
     say(f"verify --full: {result.checked:,} rows checked, {result.problems} problems")
     if not result.ok:
         raise DualwriteError("verification found problems")
     summary.gates.append(await _gate(engine, base_url, token, workspace, say))
-    await _move(
-        engine, settings, current_key, Phase.READ_SWITCH, "covered, verified, gate passed", say
-    )
+    await move(Phase.READ_SWITCH, "covered, verified, gate passed")
     summary.gates.append(await _gate(engine, base_url, token, workspace, say))
-    await _move(engine, settings, current_key, Phase.CONTRACT, "soaked, no mismatches", say)
+    await move(Phase.CONTRACT, "soaked, no mismatches")
     report = await backfill(BackfillMode.PURGE)
     say(f"purge cleared plaintext of {report.rows_done:,} rows")
-    await _move(engine, settings, current_key, Phase.FINALIZED, "plaintext purged", say)
+    await move(Phase.FINALIZED, "plaintext purged")
     say(
-        f"contract revision applied: plaintext columns dropped "
+        f"contract revision applied: plaintext fenced, then columns dropped "
         f"(migration took {time.perf_counter() - started:.1f}s under traffic)"
     )
+    options = RewriteOptions("auto", budget=REWRITE_BUDGET_SECONDS)
+    purge = await rewrite_and_scan(engine, MIGRATION, settings, cipher, options)
+    summary.rewrite = purge.rewrite.as_dict()
+    say(purge.rewrite.render())
+    if purge.scan is not None:
+        summary.residual_plaintext = purge.scan.residual_plaintext
+        say(
+            f"remanence scan ({purge.scan.method}): residual plaintext "
+            f"{purge.scan.residual_plaintext} of {purge.scan.values_searched} sampled values, "
+            f"{purge.scan.bytes_scanned:,} bytes scanned"
+        )

@@ -9,14 +9,16 @@ CLIENTS_PII = MigrationSpec(
     table="clients",
     scope_column="workspace_id",
     fields=(
-        FieldSpec("first_name"),
-        FieldSpec("last_name"),
-        FieldSpec("email", blind_index="email"),
-        FieldSpec("phone", blind_index="phone"),
+        FieldSpec("first_name", type="character varying(200)"),
+        FieldSpec("last_name", type="character varying(200)"),
+        FieldSpec("email", blind_index="email", type="character varying(320)"),
+        FieldSpec("phone", blind_index="phone", type="character varying(50)"),
         FieldSpec("address"),
         FieldSpec("medical_history"),
-        FieldSpec("emergency_contact_name"),
-        FieldSpec("emergency_contact_phone"),
+        FieldSpec("emergency_contact_name", type="character varying(200)"),
+        FieldSpec("emergency_contact_phone", type="character varying(50)"),
     ),
 )
-"""The reference migration of ``clients``: 8 PII/PHI fields, email and phone searchable."""
+"""The reference migration of ``clients``: 8 PII/PHI fields, email and phone searchable; each
+field's type is its column's (``format_type``), so a rollback from ``finalized`` re-adds the
+same columns."""

@@ -36,8 +36,31 @@ class Settings(BaseSettings):
         default=Path(".dualwrite/pg"), description="data folder of the embedded PostgreSQL"
     )
     db_pool_size: int = Field(default=10, ge=1, le=200)
-    ddl_lock_timeout_ms: int = Field(default=5_000, ge=1)
+    ddl_lock_timeout_ms: int = Field(
+        default=500,
+        ge=1,
+        description="lock_timeout of each schema step attempt (live reads "
+        "queue behind a waiting DDL for at most this long)",
+    )
     ddl_statement_timeout_ms: int = Field(default=600_000, ge=1)
+    ddl_retry_budget_seconds: float = Field(
+        default=120.0, gt=0, description="how long one schema step keeps retrying its lock"
+    )
+    ddl_concurrent_deadline_seconds: float = Field(
+        default=1800.0, gt=0, description="deadline of a CREATE/DROP INDEX CONCURRENTLY"
+    )
+    rewrite_wait_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="how long a rewrite waits for snapshots older than "
+        "the purge to end before it is reported pending",
+    )
+    rewrite_estimate_mb_per_second: float = Field(
+        default=20.0, gt=0, description="VACUUM FULL rate assumed to check an offline budget"
+    )
+    pg_repack_path: str | None = Field(
+        default=None, description="pg_repack client (default: PATH, then the server's bindir)"
+    )
 
     # --- keys (see dualwrite.crypto.keyring) ----------------------------------------------
     encryption_key: SecretStr | None = None

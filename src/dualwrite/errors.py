@@ -16,6 +16,8 @@ material. The CLI prints ``str(error)`` and exits non-zero; the HTTP layers map 
     ├── DatabaseUnavailableError       PostgreSQL cannot be reached or started   (503)
     ├── RequestError                   well-formed input asking nothing sensible (400)
     ├── UnsupportedQueryError          an ORM statement that would read encrypted fields wrongly
+    ├── SchemaStepError                an online schema step gave up or refused   (exit 1)
+    │   └── DependenciesRemainError    objects still depend on the plaintext columns
     └── PhaseError                     a refused phase operation                 (409 unless below)
         ├── UnknownMigrationError      no such migration                         (404)
         ├── UnknownPhaseError          not one of the six phases                 (400)
@@ -50,6 +52,7 @@ __all__ = [
     "ConfigError",
     "DatabaseUnavailableError",
     "DecryptionError",
+    "DependenciesRemainError",
     "DualwriteError",
     "EncryptionUnavailableError",
     "GuardsFailedError",
@@ -61,6 +64,7 @@ __all__ = [
     "ReasonRequiredError",
     "Refusal",
     "RequestError",
+    "SchemaStepError",
     "TransitionConflictError",
     "UnknownMigrationError",
     "UnknownPhaseError",
@@ -138,6 +142,21 @@ class DatabaseUnavailableError(DualwriteError):
 
 class RequestError(DualwriteError):
     """A request that is well-formed but asks for nothing sensible (HTTP 400)."""
+
+
+class SchemaStepError(DualwriteError):
+    """An online schema step could not complete: it gave up waiting for a lock (naming who
+    held it), a concurrent build passed its deadline, or the data refused it (a fence found
+    plaintext). What it finished is recorded; running the same command again resumes."""
+
+
+class DependenciesRemainError(SchemaStepError):
+    """Objects still depend on the plaintext columns (views, policies, indexes, ...); nothing
+    was changed. ``dependencies`` lists them, one description each."""
+
+    def __init__(self, message: str, dependencies: Sequence[str]) -> None:
+        self.dependencies: tuple[str, ...] = tuple(dependencies)
+        super().__init__(message)
 
 
 class PhaseError(DualwriteError):

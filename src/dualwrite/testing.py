@@ -9,14 +9,24 @@ databases from it in a fraction of a second::
     engine = make_engine(url)
     ...
     factory.close()
+
+:func:`debian_postgres` starts a PostgreSQL of the Debian packages (``postgresql-15`` and,
+for rewrite tests, ``postgresql-15-repack``) in a temporary folder, socket only, as the
+``postgres`` system user when run as root::
+
+    with debian_postgres(15) as url:
+        factory = DatabaseFactory(server_url=url)
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import subprocess
 import tempfile
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,3 +97,54 @@ class DatabaseFactory:
             stop_embedded(self.folder / "pg")
         finally:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def debian_bindir(version: int) -> Path | None:
+    """``/usr/lib/postgresql/<version>/bin`` when that server is installed."""
+    bindir = Path(f"/usr/lib/postgresql/{version}/bin")
+    return bindir if (bindir / "initdb").exists() and (bindir / "pg_ctl").exists() else None
+
+
+def _as_postgres(args: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
+
+
+@contextlib.contextmanager
+def debian_postgres(version: int = 15) -> Iterator[URL]:
+    """A throwaway cluster of the Debian PostgreSQL ``version`` (socket in its own folder,
+    trust authentication, no TCP), stopped and deleted afterwards."""
+    bindir = debian_bindir(version)
+    if bindir is None:
+        raise FileNotFoundError(f"PostgreSQL {version} is not installed (postgresql-{version})")
+    folder = Path(tempfile.mkdtemp(prefix=f"dualwrite-pg{version}-"))
+    data = folder / "data"
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres", "postgres")
+
+    def run(args: list[str]) -> None:
+        subprocess.run(_as_postgres(args), check=True, capture_output=True, timeout=120)
+
+    try:
+        run(
+            [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+             "-E", "UTF8", "--locale=C.UTF-8"]
+        )  # fmt: skip
+        options = f"-k {folder} -c listen_addresses='' -p 5432"
+        run(
+            [str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l",
+             str(folder / "log"), "-w", "start"]
+        )  # fmt: skip
+        yield URL.create(
+            "postgresql+asyncpg",
+            username="postgres",
+            database="postgres",
+            query={"host": str(folder), "port": "5432"},
+        )
+    finally:
+        if (data / "postmaster.pid").exists():
+            subprocess.run(
+                _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
+                capture_output=True,
+                timeout=120,
+            )
+        shutil.rmtree(folder, ignore_errors=True)

@@ -37,6 +37,7 @@ from dualwrite.testing import DatabaseFactory
 from dualwrite.verify import verify
 from tests.conftest import TEST_BIDX_KEY, TEST_KEY_V1, make_settings
 from tests.integration.clinic_support import (
+    CONTRACT_DROPS,
     PATIENTS_PII,
     create_clinic_schema,
     decrypt_independently,
@@ -249,8 +250,11 @@ async def test_clinic_app_is_migrated_under_live_traffic(
         await asyncio.sleep(0.5)
         await move(engine, s, watcher, Phase.CONTRACT)
         await backfill(engine, BackfillMode.PURGE)
-        async with engine.begin() as conn:  # the contract revision, then the phase
-            await conn.run_sync(run_ops, ops.contract, PATIENTS_PII)
+        async with engine.connect() as conn:  # the contract revision (online steps) ...
+            await conn.run_sync(
+                run_ops, ops.contract, PATIENTS_PII, allow_contract=True, **CONTRACT_DROPS
+            )
+        async with engine.begin() as conn:  # ... then the phase
             state = await registry.get_migration(conn, NAME)
             state = await registry.compare_and_swap_phase(
                 conn, NAME, state.version, Phase.FINALIZED

@@ -29,12 +29,28 @@ from dualwrite.state import registry  # noqa: E402
 SCHEMA_SQL = (CLINIC / "sql" / "schema.sql").read_text()
 
 
-def run_ops(sync_conn: Connection, fn: Any, *args: Any, **kw: Any) -> None:
-    """Run a :mod:`dualwrite.schema.ops` operation outside an Alembic revision."""
+CONTRACT_DROPS = {
+    "drop_indexes": ("ix_patients_clinic_dob",),
+    "drop_constraints": ("uq_patients_clinic_email",),
+}
+"""What the clinic's contract revision drops before the plaintext columns (as generated)."""
+
+
+def run_ops(
+    sync_conn: Connection, fn: Any, *args: Any, allow_contract: bool = False, **kw: Any
+) -> None:
+    """Run a :mod:`dualwrite.schema.ops` operation outside an Alembic revision, on a
+    connection outside any transaction (its steps run in autocommit mode, each in its own
+    short transaction); ``allow_contract`` is what ``dualwrite finalize`` sets."""
+    from alembic.config import Config
     from alembic.operations import Operations
+    from alembic.runtime.environment import EnvironmentContext
     from alembic.runtime.migration import MigrationContext
 
-    ctx = MigrationContext.configure(sync_conn)
+    cfg = Config()
+    cfg.attributes[ops.ALLOW_CONTRACT] = allow_contract
+    env = EnvironmentContext(cfg, None)  # type: ignore[arg-type]
+    ctx = MigrationContext.configure(sync_conn, environment_context=env)
     with Operations.context(ctx):
         fn(*args, **kw)
 
@@ -44,8 +60,9 @@ async def create_clinic_schema(engine: AsyncEngine, *, expand: bool = True) -> N
         for statement in SCHEMA_SQL.split(";"):
             if statement.strip():
                 await conn.execute(text(statement))
-        if expand:
-            await conn.run_sync(run_ops, ops.expand, PATIENTS_PII, concurrently=False)
+    if expand:
+        async with engine.connect() as conn:
+            await conn.run_sync(run_ops, ops.expand, PATIENTS_PII)
 
 
 async def move_to(engine: AsyncEngine, phase: Phase) -> None:
@@ -75,6 +92,7 @@ def decrypt_independently(ciphertext: bytes, column: str, row_key: int) -> str:
 
 __all__ = [
     "CLINIC",
+    "CONTRACT_DROPS",
     "PATIENTS_PII",
     "Path",
     "create_clinic_schema",

@@ -1,7 +1,9 @@
 """``dualwrite revision`` in real ``alembic init`` and ``alembic init -t async`` projects: the
 generated revisions applied by ``dualwrite db upgrade`` (which stops before the contract), a
-plain ``alembic upgrade head`` refusing at the contract in one line, and bad input refused in
-one line with nothing written."""
+plain ``alembic upgrade head`` refusing at the contract in one line, the contract and its
+reverse through ``dualwrite finalize`` and ``phase set`` (the online-DDL runner on the
+schema-qualified table with a unique field), and bad input refused in one line with nothing
+written."""
 
 from __future__ import annotations
 
@@ -10,11 +12,14 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import URL, text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dualwrite.db import make_engine
+from dualwrite.schema import sql as schema_sql
 from dualwrite.state import registry
 from dualwrite.testing import DatabaseFactory
 from tests.harness.processes import environment
@@ -115,8 +120,69 @@ async def test_generated_revisions_in_an_unmodified_alembic_project(
         shown = await asyncio.to_thread(dualwrite, root, env, "status", "--json")
         assert shown.returncode == 0, shown.stderr
         assert '"patients_pii"' in shown.stdout
+
+        await finalize_and_back(root, env, engine)
     finally:
         await engine.dispose()
+
+
+CATALOG = {
+    "columns": "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE "
+    "attrelid = 'clinic.patients'::regclass AND attnum > 0 AND NOT attisdropped",
+    "indexes": "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON "
+    "c.oid = i.indexrelid WHERE i.indrelid = 'clinic.patients'::regclass",
+    "constraints": "SELECT conname, convalidated FROM pg_constraint WHERE conrelid = "
+    "'clinic.patients'::regclass AND contype IN ('u', 'c')",
+    "triggers": "SELECT tgname, tgenabled::text FROM pg_trigger WHERE tgrelid = "
+    "'clinic.patients'::regclass AND NOT tgisinternal",
+}
+"""What the contract and its reverse change on clinic.patients, read from the catalog."""
+
+
+async def catalog(engine: AsyncEngine) -> dict[str, Any]:
+    async with engine.connect() as conn:
+        return {k: dict((await conn.execute(text(q))).all()) for k, q in CATALOG.items()}
+
+
+async def finalize_and_back(root: Path, env: dict[str, str], engine: AsyncEngine) -> None:
+    """The generated contract through ``dualwrite finalize`` on the schema-qualified table with
+    a unique field: the fence refuses a late plaintext write (nothing dropped), then the
+    contract drops the plaintext (the UNIQUE ``_uidx`` index stays), and ``phase set contract``
+    runs its reverse (each column with its registered type, the constraint and index back)."""
+    before = await catalog(engine)
+    assert before["indexes"]["ux_patients_email_uidx"] is True  # built concurrently, valid
+    assert before["triggers"] == {"dualwrite_stale_guard": "A"}
+    async with engine.begin() as conn:  # three purged rows, in contract
+        await conn.execute(text(
+            "INSERT INTO clinic.patients (clinic_id, full_name, email) VALUES (1, 'a', 'a@x.io'), "
+            "(1, 'b', 'b@x.io'), (2, 'a', 'a@x.io')"))  # fmt: skip
+        await conn.execute(text(schema_sql.keep_ciphertext_sql()))
+        nulls = ", ".join(f'"{f}" = NULL' for f in PATIENTS_PII.field_names)
+        await conn.execute(text(f"UPDATE clinic.patients SET {nulls}"))
+        await conn.execute(text("UPDATE dualwrite_migrations SET phase = 'contract'"))
+        await conn.execute(text("UPDATE clinic.patients SET email = 'late@x.io' WHERE id = 1"))
+    args = ("finalize", "patients_pii", "--force", "--reason", "drill", "--rewrite", "none")
+    refused = await asyncio.to_thread(dualwrite, root, env, *args)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "1 rows of clinic.patients still hold plaintext" in refused.stderr
+    assert await catalog(engine) == before  # the fence was removed, nothing else changed
+
+    async with engine.begin() as conn:
+        await conn.execute(text(schema_sql.keep_ciphertext_sql()))
+        await conn.execute(text("UPDATE clinic.patients SET email = NULL WHERE id = 1"))
+    done = await asyncio.to_thread(dualwrite, root, env, *args)
+    assert done.returncode == 0, done.stderr
+    after = await catalog(engine)
+    assert not set(PATIENTS_PII.field_names) & set(after["columns"])
+    assert after["indexes"] == {"patients_pkey": True, "ux_patients_email_uidx": True,
+                                "ix_patients_email_bidx": True, "ix_patients_full_name_bidx": True,
+                                "ix_patients_date_of_birth_bidx": True}  # fmt: skip
+    assert after["constraints"] == {} and after["triggers"] == {"dualwrite_key_guard": "A"}
+
+    back = ("phase", "set", "patients_pii", "contract", "--force", "--reason", "drill")
+    undone = await asyncio.to_thread(dualwrite, root, env, *back)
+    assert undone.returncode == 0, undone.stderr
+    assert await catalog(engine) == before  # the same types, constraint, index and guard
 
 
 BAD = [

@@ -143,3 +143,44 @@ async def test_rerun_of_a_failed_expand_rebuilds_an_invalid_index(engine: AsyncE
             )
         ).scalar_one()
     assert valid is True
+
+
+async def test_plain_alembic_runs_the_expand_and_refuses_the_contract(
+    db_factory: DatabaseFactory,
+) -> None:
+    """``alembic upgrade`` without dualwrite's CLI: the expand runs through the same online
+    steps; the contract revision refuses before finalize, changing nothing."""
+    import asyncio
+    import sys
+
+    from tests.harness.processes import environment
+
+    url = await db_factory.create(revision=None)
+    env = environment(url)
+
+    async def alembic(*args: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "alembic", *args, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        return int(proc.returncode or 0), out.decode() + err.decode()
+
+    engine = make_engine(url, pool_size=1)
+    try:
+        code, err = await alembic("upgrade", "0003")
+        assert code == 0, err[-2000:]
+        cfg = migrate.alembic_config()
+        assert await migrate.current(engine, cfg) == "0003"
+        async with engine.begin() as conn:
+            await conn.execute(text("UPDATE dualwrite_migrations SET phase = 'contract'"))
+        code, err = await alembic("upgrade", "head")
+        failed = [line for line in err.splitlines() if line.startswith("FAILED:")]
+        assert code != 0 and len(failed) == 1 and "Traceback" not in err  # Alembic's one line
+        assert "runs only through `dualwrite finalize clients_pii`" in failed[0]
+        assert await migrate.current(engine, cfg) == "0003"
+        assert "email" in await columns(engine, "clients")
+        assert "ix_clients_workspace_email" in await indexes(engine, "clients")
+    finally:
+        await engine.dispose()
+        await db_factory.drop(url)

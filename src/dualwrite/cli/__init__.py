@@ -41,6 +41,7 @@ from dualwrite.cli import serve  # noqa: E402, F401
 from dualwrite.cli import backfill  # noqa: E402, F401
 from dualwrite.cli import verify  # noqa: E402, F401
 from dualwrite.cli import gate  # noqa: E402, F401
+from dualwrite.cli import remanence  # noqa: E402, F401
 from dualwrite.cli import demo  # noqa: E402, F401
 from dualwrite.cli import revision  # noqa: E402, F401
 

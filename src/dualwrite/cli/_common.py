@@ -71,6 +71,19 @@ def settings() -> Settings:
     return loaded
 
 
+def show_progress() -> None:
+    """Print the progress of schema steps (and what they wait for) on stderr."""
+    import logging
+
+    logger = logging.getLogger("dualwrite.schema")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def echo_json(obj: Any) -> None:
     import json
 

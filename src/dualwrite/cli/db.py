@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from dualwrite.cli import app
-from dualwrite.cli._common import cli_errors, console, run_async, settings
+from dualwrite.cli._common import cli_errors, console, run_async, settings, show_progress
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -28,6 +28,9 @@ def _migrate(
 ) -> str | None:
     """Run one Alembic ``step`` (if any) on the configured database; the revision it is at."""
     from dualwrite.db import open_engine
+
+    if step is not None:
+        show_progress()
     from dualwrite.schema import migrate
 
     async def go() -> str | None:

@@ -8,7 +8,15 @@ import typer
 from rich.table import Table
 
 from dualwrite.cli import app
-from dualwrite.cli._common import cli_errors, console, fail, run_async, settings
+from dualwrite.cli._common import (
+    cli_errors,
+    console,
+    echo_json,
+    err_console,
+    fail,
+    run_async,
+    settings,
+)
 
 
 @app.command("demo")
@@ -17,6 +25,9 @@ def demo(
     rows: Annotated[
         int, typer.Option(min=100, max=5_000_000, help="plaintext clients to seed")
     ] = 20_000,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print the summary as one JSON object (progress: stderr)")
+    ] = False,
 ) -> None:
     """Seed plaintext clients, then encrypt them live: every phase, real guards, no lost write."""
     import importlib
@@ -32,7 +43,13 @@ def demo(
         run_demo = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError):
         raise fail(f"REFERENCE_DEMO {s.reference_demo!r} is not importable") from None
-    summary = run_async(run_demo(s, rows=rows, say=console.print))
+    say = err_console.print if as_json else console.print
+    summary = run_async(run_demo(s, rows=rows, say=say))
+    if as_json:
+        echo_json(summary.as_json())
+        if summary.lost_writes or summary.writes_failed or summary.residual_plaintext:
+            raise typer.Exit(1)
+        return
     table = Table(title="dualwrite demo")
     table.add_column("")
     table.add_column("result")
@@ -43,7 +60,20 @@ def demo(
     )
     table.add_row("clients read back", f"{summary.clients_checked:,}")
     table.add_row("lost writes", str(summary.lost_writes))
+    rewrite = summary.rewrite
+    if rewrite.get("status") == "done":
+        lock = rewrite.get("lock_seconds")
+        held = f"{lock:.2f} s ACCESS EXCLUSIVE" if lock is not None else "online"
+        table.add_row("rewrite", f"{rewrite.get('method')}, {held}")
+    else:
+        table.add_row("rewrite", f"{rewrite.get('status')}: {rewrite.get('reason')}")
+    residual = summary.residual_plaintext
+    table.add_row("residual plaintext", "not scanned" if residual is None else str(residual))
+    p95 = ", ".join(f"{k} {v:.0f}" for k, v in summary.p95_ms_per_phase.items())
+    table.add_row("write p95 per phase (ms)", p95)
     console.print(table)
     if summary.lost_writes or summary.writes_failed:
         raise fail(f"{summary.lost_writes} lost writes, {summary.writes_failed} failed writes")
+    if residual:
+        raise fail(f"{residual} sampled plaintext values still in the table's files")
     console.print("[green]migration finalized with zero lost writes[/green]")

@@ -23,13 +23,22 @@ import typer
 from rich.table import Table
 
 from dualwrite.cli import app
-from dualwrite.cli._common import cli_errors, console, echo_json, err_console, run_async, settings
+from dualwrite.cli._common import (
+    cli_errors,
+    console,
+    echo_json,
+    err_console,
+    run_async,
+    settings,
+    show_progress,
+)
 from dualwrite.errors import DualwriteError, GuardsFailedError
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
 
     from dualwrite.config import Settings
+    from dualwrite.control.purge import PurgeReport
     from dualwrite.state.registry import MigrationState
 
 # SQLAlchemy-backed modules (store, transitions, report, db) are imported inside the functions:
@@ -149,7 +158,7 @@ async def _change(
 
 def _run_change(
     name: str | None, target: str, reason: str | None, force: bool, actor: str | None
-) -> None:
+) -> MigrationState:
     s = settings()
     try:
         new = run_async(
@@ -158,6 +167,7 @@ def _run_change(
     except GuardsFailedError as exc:
         raise refused(exc) from None
     console.print(f"{new.name}: now in {new.phase.value} (version {new.version})")
+    return new
 
 
 @phase_app.command("set")
@@ -187,12 +197,44 @@ def finalize(
     reason: Annotated[str | None, typer.Option(help="why (kept in the audit log)")] = None,
     force: Annotated[bool, typer.Option(help="override failing guards (needs --reason)")] = False,
     actor: Annotated[str | None, typer.Option(help="who (default cli:<user>@<host>)")] = None,
+    rewrite: Annotated[
+        str, typer.Option("--rewrite", help="auto | repack | vacuum-full | none")
+    ] = "auto",
+    budget: Annotated[
+        float | None,
+        typer.Option(
+            "--offline-rewrite-budget",
+            min=0.001,
+            help="seconds of ACCESS EXCLUSIVE you grant VACUUM FULL (refused over its estimate)",
+        ),
+    ] = None,
 ) -> None:
-    """contract -> finalized: apply the contract revision (drops plaintext columns), then move.
+    """contract -> finalized: preflight, fence, drop the plaintext columns; then rewrite the
+    table (pg_repack, or VACUUM FULL within --offline-rewrite-budget) and scan it.
 
-    Even with --force, the revision refuses while any row still holds plaintext.
+    Even with --force, the fence refuses while any row still holds plaintext. A rewrite that
+    cannot run now is reported pending (`dualwrite rewrite NAME` does it later).
     """
-    _run_change(name, "finalized", reason, force, actor)
+    from dualwrite.cli.remanence import load_cipher, print_purge
+    from dualwrite.control.purge import rewrite_and_scan
+    from dualwrite.db import open_engine
+    from dualwrite.remanence import RewriteOptions
+
+    options = RewriteOptions(rewrite, budget)  # bad options fail before anything changes
+    show_progress()
+    done = _run_change(name, "finalized", reason, force, actor)
+    s = settings()
+    try:
+        cipher = load_cipher() if rewrite != "none" else None
+    except DualwriteError as exc:  # no key here: the rewrite runs, the scan is skipped
+        err_console.print(f"scan skipped: {exc}")
+        cipher = None
+
+    async def go() -> PurgeReport:
+        async with open_engine(s, pool_size=2) as engine:
+            return await rewrite_and_scan(engine, done.name, s, cipher, options)
+
+    print_purge(run_async(go()))
 
 
 app.add_typer(phase_app, name="phase")

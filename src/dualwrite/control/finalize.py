@@ -1,8 +1,20 @@
 """``contract -> finalized`` and back: the contract revision, run only after its guards pass.
 
-:func:`finalize` evaluates the guards, applies the contract Alembic revision (drops the
-plaintext columns) and moves the phase; ``finalized -> contract`` first runs that revision's
-downgrade (:func:`restore_plaintext_columns`, re-adds the plaintext columns, nullable).
+:func:`finalize` evaluates the guards, applies the contract Alembic revision and moves the
+phase. The revision (:func:`dualwrite.schema.ops.contract`) is a list of online steps: a
+preflight that refuses while views, policies, indexes, constraints or publication column lists
+still depend on the plaintext columns (one line each); the **fence** -- ``CHECK (<every
+plaintext> IS NULL) NOT VALID``, then ``VALIDATE`` -- which is what decides that nothing is
+left to lose (the ``plaintext_purged`` guard's count is only the early, friendly refusal: a
+legacy write still open during that count commits before the fence can be added, and
+``VALIDATE`` then finds it and refuses, keeping it); then the key guard, and ``DROP COLUMN``.
+A failure leaves what is done recorded: ``dualwrite finalize`` again resumes. The table
+rewrite and the remanence scan run after the phase moved (:mod:`dualwrite.control.purge`).
+
+``finalized -> contract`` first runs that revision's downgrade
+(:func:`restore_plaintext_columns`, re-adds the plaintext columns, nullable); ``contract ->
+read_switch`` undoes what a failed finalize left (:func:`remove_fence`: the fence, and the
+indexes and constraints it dropped are rebuilt), since that phase writes plaintext again.
 """
 
 from __future__ import annotations
@@ -22,11 +34,12 @@ from dualwrite.control.apply import (
 from dualwrite.control.facts import gather_facts
 from dualwrite.errors import ConfigError, PhaseError
 from dualwrite.phases import Phase, evaluate
-from dualwrite.schema import inspector, migrate
+from dualwrite.schema import ddl, inspector, migrate
+from dualwrite.schema.ddl import plans
 from dualwrite.state import registry
 from dualwrite.state.registry import MigrationState
 
-__all__ = ["contract_revision", "finalize", "restore_plaintext_columns"]
+__all__ = ["contract_revision", "finalize", "remove_fence", "restore_plaintext_columns"]
 
 log = logging.getLogger("dualwrite.control.finalize")
 
@@ -75,6 +88,19 @@ async def restore_plaintext_columns(
     await migrate.downgrade(engine, cfg, parent, settings=settings)
 
 
+async def remove_fence(engine: AsyncEngine, state: MigrationState, settings: Settings) -> None:
+    """Undo a finalize that did not complete (a move back to ``read_switch``, which writes
+    plaintext again): drop its fence, rebuild the indexes and constraints it dropped."""
+    async with ddl.session(engine, settings) as ctx:
+        if await ddl.drop_fence(ctx, state.spec):
+            log.info("migration %s: removed the fence of an unfinished finalize", state.name)
+        steps = await plans.restore_drops(ctx, state.spec)
+        if steps:
+            log.info("migration %s: rebuilding what an unfinished finalize dropped", state.name)
+            await ddl.run_steps(ctx, state.name, "uncontract", steps)
+            await ddl.Journal(ctx.conn, state.name, "uncontract").forget("contract", "uncontract")
+
+
 async def finalize(
     engine: AsyncEngine,
     name: str,
@@ -93,9 +119,11 @@ async def finalize(
        ``GuardsFailedError``). The facts transaction ends before any DDL, so it holds no lock
        on the table the revision alters.
     2. Lock the state row (``FOR UPDATE``) and check its version is unchanged; while holding
-       it, run the contract revision on another connection (it re-checks that every plaintext
-       is purged, even when forced: a forced finalize never drops data), then CAS + audit
-       (``action='finalize'``) + NOTIFY, and commit. Nobody can move the phase in between.
+       it, run the contract revision on another connection (its fence proves that every
+       plaintext is purged, even when forced: a forced finalize never drops data), then CAS +
+       audit (``action='finalize'``) + NOTIFY, and commit. Nobody can move the phase in
+       between. The transaction holding the row lock touches no other table, so it blocks
+       none of the revision's steps (they record progress in their own journal).
     """
     reason = require_reason(force, reason)
     target = Phase.FINALIZED

@@ -48,7 +48,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from dualwrite.config import Settings
 from dualwrite.control.apply import apply_decision, audit_refusal, check_request, require_reason
 from dualwrite.control.facts import gather_facts
-from dualwrite.control.finalize import finalize, restore_plaintext_columns
+from dualwrite.control.finalize import finalize, remove_fence, restore_plaintext_columns
 from dualwrite.errors import GuardsFailedError
 from dualwrite.logs import log_event
 from dualwrite.phases import Decision, Phase, evaluate
@@ -151,6 +151,8 @@ async def _change_phase(
         check_request(current, tgt, expected_version)
         await restore_plaintext_columns(engine, current, settings, alembic_cfg)
         expected_version = current.version
+    if current.phase is Phase.CONTRACT and tgt is Phase.READ_SWITCH:
+        await remove_fence(engine, current, settings)  # read_switch writes plaintext again
 
     async with engine.begin() as conn:
         state = await registry.get_migration(conn, name)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from alembic import command
@@ -26,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dualwrite.config import Settings
 from dualwrite.errors import ConfigError, DualwriteError
+from dualwrite.schema.ops import ALLOW_CONTRACT
 from dualwrite.state.versions import upgrade_state_tables
 
 CONTRACT_MARKER = "dualwrite_contract"
@@ -44,8 +46,11 @@ def alembic_config(ini: str | Path | None = None) -> Config:
 
 
 def configure_ddl_timeouts(connection: Connection, settings: Settings | None) -> None:
-    """Set ``lock_timeout``/``statement_timeout`` for this session, then end the transaction."""
-    lock_ms = settings.ddl_lock_timeout_ms if settings else 5_000
+    """Set ``lock_timeout``/``statement_timeout`` for this session, then end the transaction.
+
+    They bound a revision's own plain ``op.execute`` statements (which are not retried); the
+    dualwrite operations of :mod:`dualwrite.schema.ops` set their own per step."""
+    lock_ms = settings.ddl_lock_timeout_ms if settings else 500
     stmt_ms = settings.ddl_statement_timeout_ms if settings else 600_000
     connection.execute(text(f"SET lock_timeout = {int(lock_ms)}"))
     connection.execute(text(f"SET statement_timeout = {int(stmt_ms)}"))
@@ -117,23 +122,28 @@ def _point_at(cfg: Config, engine: AsyncEngine) -> None:
     )
 
 
-async def _run(engine: AsyncEngine, cfg: Config, settings: Settings | None, fn: object) -> None:
-    if runs_own_engine(cfg):  # its env.py connects by itself (and may call asyncio.run)
-        _point_at(cfg, engine)
-        await asyncio.to_thread(fn, None)  # type: ignore[arg-type]
-        return
+async def _run(
+    engine: AsyncEngine, cfg: Config, settings: Settings | None, fn: Callable[[], None]
+) -> None:
+    cfg.attributes["settings"] = settings
+    try:
+        if runs_own_engine(cfg):  # its env.py connects by itself (and may call asyncio.run)
+            _point_at(cfg, engine)
+            await asyncio.to_thread(fn)
+            return
 
-    def go(sync_conn: Connection) -> None:
-        cfg.attributes["connection"] = sync_conn
-        cfg.attributes["settings"] = settings
-        try:
-            fn(sync_conn)  # type: ignore[operator]
-        finally:
-            cfg.attributes.pop("connection", None)
+        def go(sync_conn: Connection) -> None:
+            cfg.attributes["connection"] = sync_conn
+            try:
+                fn()
+            finally:
+                cfg.attributes.pop("connection", None)
 
-    async with engine.connect() as conn:
-        await conn.run_sync(go)
-        await conn.commit()
+        async with engine.connect() as conn:
+            await conn.run_sync(go)
+            await conn.commit()
+    finally:
+        cfg.attributes.pop(ALLOW_CONTRACT, None)
 
 
 async def upgrade(
@@ -156,7 +166,9 @@ async def upgrade(
                 f"revision {crossing} is a contract revision (drops plaintext): "
                 "it runs only through `dualwrite finalize`"
             )
-    await _run(engine, cfg, settings, lambda conn: command.upgrade(cfg, target))
+    else:
+        cfg.attributes[ALLOW_CONTRACT] = True
+    await _run(engine, cfg, settings, lambda: command.upgrade(cfg, target))
     async with engine.begin() as conn:  # dualwrite's own state tables: always the latest revision
         await upgrade_state_tables(conn)
 
@@ -165,7 +177,7 @@ async def downgrade(
     engine: AsyncEngine, cfg: Config, revision: str, *, settings: Settings | None = None
 ) -> None:
     """Downgrade to ``revision`` (``-1``, ``base``, or an id)."""
-    await _run(engine, cfg, settings, lambda conn: command.downgrade(cfg, revision))
+    await _run(engine, cfg, settings, lambda: command.downgrade(cfg, revision))
 
 
 async def current(engine: AsyncEngine, cfg: Config) -> str | None:

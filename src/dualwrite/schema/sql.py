@@ -2,10 +2,8 @@
 
 >>> from dualwrite.spec import FieldSpec, MigrationSpec
 >>> spec = MigrationSpec("t_pii", "t", (FieldSpec("email", blind_index="email"),))
->>> for clause in expand_columns_ddl(spec)[0].split(", "):
-...     print(clause)
-ALTER TABLE "t" ADD COLUMN IF NOT EXISTS "email_encrypted" bytea
-ADD COLUMN IF NOT EXISTS "email_bidx" bytea
+>>> added_columns(spec.field("email"))
+['email_encrypted', 'email_bidx']
 >>> print(missing_ciphertext_predicate(spec))
 (("email" IS NOT NULL AND ("email_encrypted" IS NULL OR "email_bidx" IS NULL)))
 
@@ -51,18 +49,6 @@ def added_columns(f: FieldSpec) -> list[str]:
     return [c for c in (f.ciphertext_column, f.bidx_column, f.uidx_column) if c]
 
 
-def expand_columns_ddl(spec: MigrationSpec) -> list[str]:
-    adds = [
-        f"ADD COLUMN IF NOT EXISTS {_q(c)} bytea" for f in spec.fields for c in added_columns(f)
-    ]
-    # contract writes NULL plaintext: a NOT NULL plaintext column must accept it from now on
-    drops = [f"ALTER COLUMN {_q(f.plaintext_column)} DROP NOT NULL" for f in spec.fields]
-    return [
-        f"ALTER TABLE {spec.sql_table} " + ", ".join(adds),
-        f"ALTER TABLE {spec.sql_table} " + ", ".join(drops),
-    ]
-
-
 def derived_name(*parts: str) -> str:
     """A name derived from identifiers (function, index, constraint), at most 63 bytes: longer
     ones keep their start and end with a hash of the whole, so they stay unique.
@@ -79,18 +65,22 @@ def derived_name(*parts: str) -> str:
     return name[:54] + "_" + digest
 
 
-def _in_schema(spec: MigrationSpec, name: str) -> str:
-    """``name`` (quoted) in the table's schema, so derived names are unique per schema."""
+def in_schema(spec: MigrationSpec, name: str) -> str:
+    """``name`` (quoted) in the table's schema: a derived function or an index of the table.
+
+    >>> in_schema(MigrationSpec("p", "clinic.patients", (FieldSpec("a"),)), "ix_a")
+    '"clinic"."ix_a"'
+    """
     return f"{_q(spec.schema)}.{_q(name)}" if spec.schema else _q(name)
 
 
 def stale_guard_function(spec: MigrationSpec) -> str:
     """The guard function, as emitted (quoted, in the table's schema)."""
-    return _in_schema(spec, derived_name("dualwrite", spec.table_name, "stale_guard"))
+    return in_schema(spec, derived_name("dualwrite", spec.table_name, "stale_guard"))
 
 
 def key_guard_function(spec: MigrationSpec) -> str:
-    return _in_schema(spec, derived_name("dualwrite", spec.table_name, "key_guard"))
+    return in_schema(spec, derived_name("dualwrite", spec.table_name, "key_guard"))
 
 
 def _key_change_check(spec: MigrationSpec) -> str:
@@ -121,8 +111,8 @@ def _enable_always(spec: MigrationSpec, trigger: str) -> str:
     return f"ALTER TABLE {spec.sql_table} ENABLE ALWAYS TRIGGER {_q(trigger)}"
 
 
-def stale_guard_ddl(spec: MigrationSpec) -> list[str]:
-    """The ``BEFORE UPDATE`` trigger of the expand, enabled ALWAYS.
+def stale_guard_function_ddl(spec: MigrationSpec) -> str:
+    """``CREATE OR REPLACE FUNCTION`` of the stale guard (takes no lock on the table).
 
     A plaintext change without a ciphertext change clears the ciphertext (and blind index),
     unless the transaction set :data:`KEEP_CIPHERTEXT_SETTING`; a primary-key change that does
@@ -138,9 +128,8 @@ def stale_guard_ddl(spec: MigrationSpec) -> list[str]:
             f"    {clear}\n  END IF;"
         )
     body = "\n".join(blocks)
-    fn = stale_guard_function(spec)
-    return [
-        f"""CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $fn$
+    return f"""CREATE OR REPLACE FUNCTION {stale_guard_function(spec)}() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
 BEGIN
 {_key_change_check(spec)}
   IF coalesce(current_setting('{KEEP_CIPHERTEXT_SETTING}', true), '') = 'on' THEN
@@ -149,12 +138,35 @@ BEGIN
 {body}
   RETURN NEW;
 END
-$fn$""",
-        f"DROP TRIGGER IF EXISTS {_q(STALE_GUARD_TRIGGER)} ON {spec.sql_table}",
-        f"CREATE TRIGGER {_q(STALE_GUARD_TRIGGER)} BEFORE UPDATE ON {spec.sql_table} "
-        f"FOR EACH ROW EXECUTE FUNCTION {fn}()",
-        _enable_always(spec, STALE_GUARD_TRIGGER),
-    ]
+$fn$"""
+
+
+def install_trigger_ddl(spec: MigrationSpec, trigger: str, function: str) -> str:
+    """One statement (so one transaction, one lock) that creates or replaces ``trigger`` and
+    enables it ALWAYS: there is never a moment with the trigger missing or ORIGIN-only.
+
+    >>> spec = MigrationSpec("t_pii", "s.t", (FieldSpec("a"),))
+    >>> print(install_trigger_ddl(spec, "g", stale_guard_function(spec)))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    DO $dw$ BEGIN
+      CREATE OR REPLACE TRIGGER "g" BEFORE UPDATE ON "s"."t" FOR EACH ROW
+        EXECUTE FUNCTION "s"."dualwrite_t_stale_guard"();
+      ALTER TABLE "s"."t" ENABLE ALWAYS TRIGGER "g";
+    END $dw$
+    """
+    return (
+        "DO $dw$ BEGIN\n"
+        f"  CREATE OR REPLACE TRIGGER {_q(trigger)} BEFORE UPDATE ON {spec.sql_table} "
+        f"FOR EACH ROW EXECUTE FUNCTION {function}();\n"
+        f"  {_enable_always(spec, trigger)};\n"
+        "END $dw$"
+    )
+
+
+def stale_guard_ddl(spec: MigrationSpec) -> list[str]:
+    """The ``BEFORE UPDATE`` trigger of the expand, enabled ALWAYS (function, then trigger)."""
+    fn = stale_guard_function(spec)
+    return [stale_guard_function_ddl(spec), install_trigger_ddl(spec, STALE_GUARD_TRIGGER, fn)]
 
 
 def drop_stale_guard_ddl(spec: MigrationSpec) -> list[str]:
@@ -164,22 +176,22 @@ def drop_stale_guard_ddl(spec: MigrationSpec) -> list[str]:
     ]
 
 
-def key_guard_ddl(spec: MigrationSpec) -> list[str]:
-    """After the contract: the smaller trigger that keeps refusing key changes that would
-    orphan ciphertexts (there is no plaintext left to rebuild them from)."""
-    fn = key_guard_function(spec)
-    return [
-        f"""CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $fn$
+def key_guard_function_ddl(spec: MigrationSpec) -> str:
+    """``CREATE OR REPLACE FUNCTION`` of the key guard (no table lock)."""
+    return f"""CREATE OR REPLACE FUNCTION {key_guard_function(spec)}() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
 BEGIN
 {_key_change_check(spec)}
   RETURN NEW;
 END
-$fn$""",
-        f"DROP TRIGGER IF EXISTS {_q(KEY_GUARD_TRIGGER)} ON {spec.sql_table}",
-        f"CREATE TRIGGER {_q(KEY_GUARD_TRIGGER)} BEFORE UPDATE ON {spec.sql_table} "
-        f"FOR EACH ROW EXECUTE FUNCTION {fn}()",
-        _enable_always(spec, KEY_GUARD_TRIGGER),
-    ]
+$fn$"""
+
+
+def key_guard_ddl(spec: MigrationSpec) -> list[str]:
+    """After the contract: the smaller trigger that keeps refusing key changes that would
+    orphan ciphertexts (there is no plaintext left to rebuild them from)."""
+    fn = key_guard_function(spec)
+    return [key_guard_function_ddl(spec), install_trigger_ddl(spec, KEY_GUARD_TRIGGER, fn)]
 
 
 def drop_key_guard_ddl(spec: MigrationSpec) -> list[str]:
@@ -205,8 +217,8 @@ def blind_index_name(spec: MigrationSpec, column: str) -> str:
 def blind_index_ddl(spec: MigrationSpec, *, concurrently: bool = True) -> list[str]:
     """Indexes on ``(<scope_column>, <field>_bidx)`` when the spec names a tenant scope column,
     else on the blind index alone. A failed concurrent build leaves an INVALID index that
-    ``IF NOT EXISTS`` would keep forever: :data:`INVALID_INDEX_SQL` finds it so the expand can
-    drop and rebuild it."""
+    ``IF NOT EXISTS`` would keep forever: the expand's index step
+    (:class:`~dualwrite.schema.ddl.index.CreateIndex`) drops and rebuilds it."""
     how = "CONCURRENTLY " if concurrently else ""
     out = []
     for f in spec.searchable:
@@ -219,30 +231,9 @@ def blind_index_ddl(spec: MigrationSpec, *, concurrently: bool = True) -> list[s
     return out
 
 
-INVALID_INDEX_SQL = (
-    "SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-    "WHERE c.relname = :name AND i.indrelid = to_regclass(:t) AND NOT i.indisvalid"
-)
-"""Parameters ``:name`` (index), ``:t`` (its table): a row when that index exists but is
-INVALID."""
-
-
-def unexpand_ddl(spec: MigrationSpec, restore_not_null: list[str] | None = None) -> list[str]:
-    """Drop what :func:`expand_columns_ddl` added; restore ``NOT NULL`` on the plaintext columns
-    that had it before the expand (recorded at expand time)."""
-    drops = [f"DROP COLUMN IF EXISTS {_q(c)}" for f in spec.fields for c in added_columns(f)]
-    out = [
-        *drop_stale_guard_ddl(spec),
-        *drop_key_guard_ddl(spec),
-        f"ALTER TABLE {spec.sql_table} " + ", ".join(drops),
-    ]
-    for column in restore_not_null or []:
-        if column in spec.field_names:
-            out.append(f"ALTER TABLE {spec.sql_table} ALTER COLUMN {_q(column)} SET NOT NULL")
-    return out
-
-
 def contract_ddl(spec: MigrationSpec) -> list[str]:
+    """The contract's DDL as plain statements for one transaction (tools and tests; the
+    contract revision runs :mod:`dualwrite.schema.ddl.plans` instead: preflight, fence, ...)."""
     drops = ", ".join(f"DROP COLUMN IF EXISTS {_q(f.plaintext_column)}" for f in spec.fields)
     return [
         *drop_stale_guard_ddl(spec),
@@ -286,6 +277,45 @@ def plaintext_incomplete_predicate(spec: MigrationSpec) -> str:
 def plaintext_remaining_predicate(spec: MigrationSpec) -> str:
     """Rows still holding some plaintext (not yet purged)."""
     return "(" + " OR ".join(f"{_q(f.plaintext_column)} IS NOT NULL" for f in spec.fields) + ")"
+
+
+def fence_name(spec: MigrationSpec) -> str:
+    """The constraint finalize adds before dropping the plaintext columns (unquoted)."""
+    return derived_name("dualwrite", spec.table_name, "purged")
+
+
+def fence_ddl(spec: MigrationSpec) -> str:
+    """``CHECK (<every plaintext> IS NULL) NOT VALID``: from its commit on, a write that stores
+    plaintext fails loudly; ``VALIDATE`` then proves no committed row holds any.
+
+    >>> print(fence_ddl(MigrationSpec("t_pii", "s.t", (FieldSpec("a"), FieldSpec("b")))))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    ALTER TABLE "s"."t" ADD CONSTRAINT "dualwrite_t_purged"
+      CHECK ("a" IS NULL AND "b" IS NULL) NOT VALID
+    """
+    nulls = " AND ".join(f"{_q(f.plaintext_column)} IS NULL" for f in spec.fields)
+    return (
+        f"ALTER TABLE {spec.sql_table} ADD CONSTRAINT {_q(fence_name(spec))} "
+        f"CHECK ({nulls}) NOT VALID"
+    )
+
+
+def not_null_check_name(spec: MigrationSpec, column: str) -> str:
+    """The temporary ``CHECK (column IS NOT NULL)`` that restores ``NOT NULL`` without a scan
+    under ACCESS EXCLUSIVE (unquoted)."""
+    return derived_name("dualwrite", spec.table_name, column, "nn")
+
+
+def concurrent_index_ddl(definition: str) -> str:
+    """``pg_get_indexdef`` text -> the same index built ``CONCURRENTLY IF NOT EXISTS``.
+
+    >>> concurrent_index_ddl("CREATE UNIQUE INDEX ix ON public.t USING btree (a)")
+    'CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS ix ON public.t USING btree (a)'
+    """
+    head, sep, rest = definition.partition("INDEX ")
+    if not sep or not head.startswith("CREATE"):
+        raise ValueError("not an index definition")
+    return f"{head}INDEX CONCURRENTLY IF NOT EXISTS {rest}"
 
 
 def count_missing_ciphertext_sql(spec: MigrationSpec) -> str:

@@ -10,7 +10,7 @@ columns and tables: instances of an older dualwrite keep working, and what they 
 stays NULL, which the guards read as "not satisfied").
 
 >>> STATE_SCHEMA_VERSION
-2
+3
 >>> [s.split(" (")[0] for s in upgrade_statements(1)][:1]
 ['CREATE TABLE IF NOT EXISTS dualwrite_state_version']
 >>> upgrade_statements(STATE_SCHEMA_VERSION)
@@ -177,6 +177,28 @@ REVISIONS: tuple[StateRevision, ...] = (
             "DROP COLUMN IF EXISTS recent_p95_ms",
             "DROP TABLE IF EXISTS dualwrite_state_version",
         ),
+    ),
+    StateRevision(
+        3,
+        "online schema steps: the journal of expand/contract/rewrite/scan steps, so a rerun "
+        "resumes and a downgrade restores what a step recorded before changing it",
+        (
+            """
+        CREATE TABLE IF NOT EXISTS dualwrite_schema_steps (
+            migration text NOT NULL,
+            operation text NOT NULL,
+            step text NOT NULL,
+            position integer NOT NULL DEFAULT 0,
+            status text NOT NULL
+                CHECK (status IN ('started','done','failed','rolled_back','pending')),
+            detail jsonb NOT NULL DEFAULT '{}'::jsonb,
+            started_at timestamptz,
+            finished_at timestamptz,
+            updated_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (migration, operation, step)
+        )""",
+        ),
+        ("DROP TABLE IF EXISTS dualwrite_schema_steps",),
     ),
 )
 

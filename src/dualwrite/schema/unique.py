@@ -28,7 +28,6 @@ from dualwrite.spec import quote_ident as _q
 __all__ = [
     "UNIQUE_INDEX_STATE_SQL",
     "describe_duplicates",
-    "drop_unique_index_ddl",
     "duplicates_sql",
     "unique_index_columns",
     "unique_index_ddl",
@@ -55,12 +54,6 @@ def unique_index_ddl(spec: MigrationSpec, *, concurrently: bool = True) -> list[
         f"{spec.sql_table} ({', '.join(_q(c) for c in unique_index_columns(spec, f))})"
         for f in spec.unique_fields
     ]
-
-
-def drop_unique_index_ddl(spec: MigrationSpec, f: FieldSpec, *, concurrently: bool) -> str:
-    where = f"{_q(spec.schema)}." if spec.schema else ""
-    how = "CONCURRENTLY " if concurrently else ""
-    return f"DROP INDEX {how}IF EXISTS {where}{_q(unique_index_name(spec, f))}"
 
 
 def duplicates_sql(spec: MigrationSpec, f: FieldSpec, limit: int = 20) -> str:

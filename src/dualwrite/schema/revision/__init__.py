@@ -76,8 +76,8 @@ async def generate(
     spec = build_spec(name, live, options, scope)
     ids = [uuid.uuid4().hex[:12] for _ in range(3)]
     files = render_revisions(
-        spec, ids, head, with_state_tables=not has_state, restore=live.restore,
-        notes=describe(spec, live),
+        spec, ids, head, with_state_tables=not has_state, drop_indexes=live.indexes,
+        drop_constraints=live.constraints, notes=describe(spec, live),
     )  # fmt: skip
     return spec, _write(Path(script.versions), files)
 

@@ -3,9 +3,10 @@
 Everything the expand and contract revisions must know is read here, once, and frozen into the
 revision files: the table's schema and logical name (a partition's parent's name), the single
 primary key and its type, each field's type (refused when it cannot be encrypted exactly) and
-``NOT NULL``, and the indexes and constraints on the fields, which the contract drops with the
-plaintext columns and its downgrade puts back. A UNIQUE constraint on a field that is not
-declared ``:unique`` is refused: it would stop enforcing at ``contract``.
+``NOT NULL``, and the names of the indexes and constraints on the fields, which the contract
+drops before the plaintext columns (recording their definitions) and its downgrade puts back.
+A UNIQUE constraint on a field that is not declared ``:unique`` is refused: it would stop
+enforcing at ``contract``.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ class LiveTable:
     key: str
     key_type: str
     columns: dict[str, tuple[str, bool]]  # name -> (format_type, NOT NULL)
-    restore: list[str] = field(default_factory=list)  # DDL the contract downgrade re-runs
+    indexes: list[str] = field(default_factory=list)  # the contract drops them, its reverse
+    constraints: list[str] = field(default_factory=list)  # rebuilds them (online)
     uniques: dict[str, list[tuple[str, list[str]]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -113,29 +115,23 @@ async def read_table(
         key_type, columns,
     )  # fmt: skip
     chosen = set(fields)
-    for name, indexdef, unique, conname, condef, cols in await conn.execute(
+    for name, _indexdef, unique, conname, _condef, cols in await conn.execute(
         text(_INDEXES), {"oid": oid}
     ):
         on = [c for c in cols if c in chosen]
         if not on:
             continue
         if conname:
-            live.restore.append(
-                f"ALTER TABLE {quote_ident(nsp)}.{quote_ident(rel)} ADD CONSTRAINT "
-                f"{quote_ident(conname)} {condef}"
-            )
+            live.constraints.append(str(conname))
         else:
-            live.restore.append(str(indexdef))
+            live.indexes.append(str(name))
         if unique:
             for c in on:
                 live.uniques.setdefault(c, []).append((str(conname or name), list(cols)))
         live.notes.append(f"{conname or name} on ({', '.join(cols)})")
     for conname, condef, cols in await conn.execute(text(_CHECKS), {"oid": oid}):
         if any(c in chosen for c in cols):
-            live.restore.append(
-                f"ALTER TABLE {quote_ident(nsp)}.{quote_ident(rel)} ADD CONSTRAINT "
-                f"{quote_ident(conname)} {condef}"
-            )
+            live.constraints.append(str(conname))
             live.notes.append(f"{conname}: {condef}")
     return live
 

@@ -55,10 +55,15 @@ def _spec_literal(spec: MigrationSpec) -> str:
     )
 
 
+def _names(names: list[str]) -> str:
+    """A tuple literal of names (``()`` when empty)."""
+    return "(" + "".join(f"{json.dumps(n)}, " for n in names).rstrip(" ") + ")"
+
+
 def _file(
     rev: str, down: str | None, title: str, body: str, extra: str = "", *, spec: bool = True
 ) -> str:
-    imports = "from alembic import op\n\nfrom dualwrite.schema import ops\n"
+    imports = "from dualwrite.schema import ops\n"
     if spec:
         imports += "from dualwrite.spec import MigrationSpec\n"
     head = _HEAD.format(
@@ -73,7 +78,8 @@ def render_revisions(
     head: str | None,
     *,
     with_state_tables: bool,
-    restore: list[str],
+    drop_indexes: list[str],
+    drop_constraints: list[str],
     notes: dict[str, Any],
 ) -> list[RevisionFile]:
     """The files, in order; ``ids`` gives one fresh revision id per file."""
@@ -109,12 +115,12 @@ def render_revisions(
     body = (
         _spec_literal(spec)
         + f"\ndualwrite_contract = True\ndualwrite_migration = {spec.name!r}\n"
-        + f"RESTORE = {json.dumps(restore, indent=4)}\n"
-        + '"""What the contract drops with the plaintext columns (indexes, constraints): its '
-        'downgrade puts them back."""\n'
-        + "\n\ndef upgrade() -> None:\n    ops.contract(SPEC)\n\n\n"
-        "def downgrade() -> None:\n    ops.uncontract(SPEC)\n    for statement in RESTORE:\n"
-        "        op.execute(statement)\n"
+        + f"DROP_INDEXES = {_names(drop_indexes)}\n"
+        + f"DROP_CONSTRAINTS = {_names(drop_constraints)}\n"
+        + '"""What depends on the plaintext columns: the contract drops it first (recording each '
+        'definition), its downgrade rebuilds it online."""\n' + "\n\ndef upgrade() -> None:\n"
+        "    ops.contract(SPEC, drop_indexes=DROP_INDEXES, drop_constraints=DROP_CONSTRAINTS)\n"
+        "\n\ndef downgrade() -> None:\n    ops.uncontract(SPEC)\n"
     )
     title = (
         f"Contract {spec.table} for migration {spec.name}: drop the plaintext columns "
