@@ -289,7 +289,11 @@ class ValueType:
                 raise TypeError(f"{self.sql} takes a naive datetime, got an aware one")
             base, moved = _PG_EPOCH, value
         else:
-            base, moved = _PG_EPOCH_TZ, value.astimezone(_UTC)  # naive: the host's local time
+            try:
+                moved = value.astimezone(_UTC)  # naive: the host's local time
+            except OverflowError:  # e.g. 0001-01-01 00:00+05:30 is a year-0 instant in UTC
+                raise ValueError(f"timestamp out of range for Python: {self.sql}") from None
+            base = _PG_EPOCH_TZ
         precision = self.precision if self.precision is not None else 6
         if precision >= 6:
             return moved  # nothing to round: microseconds are PostgreSQL's resolution
