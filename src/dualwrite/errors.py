@@ -27,6 +27,12 @@ material. The CLI prints ``str(error)`` and exits non-zero; the HTTP layers map 
         ├── TransitionConflictError    a concurrent change won the CAS           (409)
         └── ModeNotAllowedError        a backfill mode the phase does not allow  (409)
 
+Beside the tree: ``PglzError`` (bytes that are not a pglz stream; the remanence scan catches
+it and reads what the stream still yields) is a :class:`ValueError` too, and
+:class:`dualwrite.schema.ops.ContractRefusedError` lives beside the Alembic operations because
+it must also be Alembic's ``CommandError`` (so Alembic's CLI prints it as one ``FAILED:`` line;
+this module imports no Alembic).
+
 Lower layers (asyncpg, SQLAlchemy, the OS) are mapped in one place:
 :func:`is_connection_lost` decides whether an exception means "the database went away" (retry,
 or answer 503) rather than a bug, and :func:`describe` names one in a line that quotes no data
@@ -60,6 +66,7 @@ __all__ = [
     "KeyringError",
     "MissingKeyError",
     "ModeNotAllowedError",
+    "PglzError",
     "PhaseError",
     "ReasonRequiredError",
     "Refusal",
@@ -206,6 +213,10 @@ class TransitionConflictError(PhaseError):
 
 class ModeNotAllowedError(PhaseError):
     """A backfill mode is not allowed in the migration's current phase."""
+
+
+class PglzError(DualwriteError, ValueError):
+    """The bytes are not a valid pglz stream of that size (remanence scan)."""
 
 
 def is_connection_lost(exc: BaseException) -> bool:

@@ -11,7 +11,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from clinic_app.schema import PATIENTS_PII
-from dualwrite.runtime.orm import encrypted
+from dualwrite import encrypted
 
 
 class Base(DeclarativeBase):

@@ -24,11 +24,9 @@ b'abababababa'
 
 from __future__ import annotations
 
+from dualwrite.errors import PglzError
+
 __all__ = ["PglzError", "decompress"]
-
-
-class PglzError(ValueError):
-    """The bytes are not a valid pglz stream of that size."""
 
 
 def decompress(source: bytes, rawsize: int, *, complete: bool = True) -> bytes:
