@@ -11,7 +11,11 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clients_service.schema import CLIENTS_PII
+from dualwrite.config import Settings
+from dualwrite.control.transitions import change_phase, decide
 from dualwrite.crypto import FieldCipher, load_keyring
+from dualwrite.errors import GuardsFailedError
+from dualwrite.phases import Phase, next_phase
 from dualwrite.schema import inspector
 from dualwrite.schema import sql as schema_sql
 from tests.conftest import make_settings
@@ -144,3 +148,78 @@ async def test_after_the_contract_a_key_guard_still_refuses_orphaning_key_change
             await inspector.trigger_enabled(conn, "clients", schema_sql.KEY_GUARD_TRIGGER) is None
         )
         assert await inspector.schema_expanded(conn, SPEC)
+
+
+async def put_in(engine: AsyncEngine, phase: Phase) -> None:
+    async with engine.begin() as conn:  # test setup: the state row as a finished move leaves it
+        await conn.execute(
+            text(
+                "UPDATE dualwrite_migrations SET phase = :p, version = version + 1 WHERE name = :n"
+            ),
+            {"p": phase.value, "n": SPEC.name},
+        )
+
+
+async def alter_trigger(engine: AsyncEngine, how: str) -> None:
+    """What an operator (or a tool) runs by hand: ``DISABLE``, ``ENABLE`` (origin only),
+    ``ENABLE ALWAYS``."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(f"ALTER TABLE clients {how} TRIGGER {schema_sql.STALE_GUARD_TRIGGER}")
+        )
+
+
+@pytest.mark.parametrize(
+    ("how", "state"),
+    [
+        ("DISABLE", "disabled"),
+        (
+            "ENABLE",
+            "enabled for origin sessions only (writers with session_replication_role = replica "
+            "bypass it)",
+        ),
+    ],
+)
+@pytest.mark.parametrize(
+    "phase", [Phase.DUAL_WRITE, Phase.BACKFILL, Phase.READ_SWITCH, Phase.CONTRACT]
+)
+async def test_every_forward_move_rechecks_the_guard_trigger(
+    engine: AsyncEngine, settings: Settings, phase: Phase, how: str, state: str
+) -> None:
+    """A trigger disabled (or re-enabled for origin sessions only) mid-migration stops the next
+    forward move, with a reason naming the trigger and the fix."""
+    await put_in(engine, phase)
+    await alter_trigger(engine, how)
+    target = next_phase(phase)
+    assert target is not None
+    _, decision = await decide(engine, SPEC.name, target, settings=settings, keyring_current="v1")
+    reasons = {g.name: g.reason for g in decision.failures}
+    assert reasons.get("guard_trigger_enabled") == (
+        f"trigger {schema_sql.STALE_GUARD_TRIGGER} on clients is {state}: run `ALTER TABLE "
+        f"clients ENABLE ALWAYS TRIGGER {schema_sql.STALE_GUARD_TRIGGER}`"
+    )
+    await alter_trigger(engine, "ENABLE ALWAYS")
+    _, decision = await decide(engine, SPEC.name, target, settings=settings, keyring_current="v1")
+    assert "guard_trigger_enabled" not in {g.name for g in decision.failures}
+
+
+async def test_a_disabled_trigger_refuses_the_move_out_of_dual_write(
+    engine: AsyncEngine, settings: Settings
+) -> None:
+    """``dual_write -> backfill`` has no data guard of its own: before the re-check a disabled
+    trigger went unnoticed and the move was applied."""
+    await put_in(engine, Phase.DUAL_WRITE)
+    await alter_trigger(engine, "DISABLE")
+    with pytest.raises(GuardsFailedError) as refused:
+        await change_phase(
+            engine, SPEC.name, "backfill", actor="test", reason=None, force=False,
+            settings=settings, keyring_current="v1",
+        )  # fmt: skip
+    assert [f.name for f in refused.value.failures] == ["guard_trigger_enabled"]
+    assert "is disabled" in str(refused.value) and "\n" not in str(refused.value)
+    await alter_trigger(engine, "ENABLE ALWAYS")
+    moved = await change_phase(
+        engine, SPEC.name, "backfill", actor="test", reason=None, force=False,
+        settings=settings, keyring_current="v1",
+    )  # fmt: skip
+    assert moved.phase is Phase.BACKFILL
