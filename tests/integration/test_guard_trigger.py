@@ -19,6 +19,7 @@ from dualwrite.phases import Phase, next_phase
 from dualwrite.schema import inspector
 from dualwrite.schema import sql as schema_sql
 from tests.conftest import make_settings
+from tests.integration.finalize_helpers import purged_in_contract
 
 SPEC = CLIENTS_PII
 
@@ -223,3 +224,33 @@ async def test_a_disabled_trigger_refuses_the_move_out_of_dual_write(
         settings=settings, keyring_current="v1",
     )  # fmt: skip
     assert moved.phase is Phase.BACKFILL
+
+
+async def test_after_a_real_finalize_raw_key_changes_are_still_refused(
+    engine: AsyncEngine, settings: Settings
+) -> None:
+    """``dualwrite finalize`` (the contract revision's online plan, not the offline DDL) leaves
+    the key guard in place, enabled ALWAYS: no plaintext is left to rebuild from, so a key change
+    that keeps a ciphertext bound to the old key is refused, replica-role writers included."""
+    rid = await encrypted_row(engine)
+    await purged_in_contract(engine, 20)
+    done = await change_phase(
+        engine, SPEC.name, "finalized", actor="test", reason="purged", force=False,
+        settings=settings, keyring_current="v1",
+    )  # fmt: skip
+    assert done.phase is Phase.FINALIZED
+    async with engine.connect() as conn:
+        assert not await inspector.plaintext_columns_present(conn, SPEC)
+        assert await inspector.trigger_enabled(conn, "clients", schema_sql.KEY_GUARD_TRIGGER) == "A"
+    for replica in (False, True):
+        with pytest.raises(DBAPIError) as refused:
+            async with engine.begin() as conn:
+                if replica:
+                    await conn.execute(text("SET LOCAL session_replication_role = replica"))
+                await conn.execute(
+                    text("UPDATE clients SET id = :n WHERE id = :i"), {"n": uuid.uuid4(), "i": rid}
+                )
+        assert "primary key change on clients must re-encrypt every ciphertext" in str(
+            refused.value
+        )
+    assert await column(engine, rid, "email_encrypted") is not None  # the row kept its key
