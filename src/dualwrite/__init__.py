@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from dualwrite.control import change_phase, decide
     from dualwrite.crypto import BlindIndex, DataKey, FieldCipher, Keyring, load_keyring
     from dualwrite.errors import (
+        BackfillRefusedError,
         BlindIndexKeyMissingError,
         ConfigError,
         DatabaseUnavailableError,
@@ -63,6 +64,7 @@ _WHERE = {
     "dualwrite.control": ("change_phase", "decide"),
     "dualwrite.crypto": ("BlindIndex", "DataKey", "FieldCipher", "Keyring", "load_keyring"),
     "dualwrite.errors": (
+        "BackfillRefusedError",
         "BlindIndexKeyMissingError",
         "ConfigError",
         "DatabaseUnavailableError",
@@ -98,6 +100,7 @@ __all__ = [
     "AdminContext",
     "BackfillMode",
     "BackfillOptions",
+    "BackfillRefusedError",
     "BackfillReport",
     "Backfiller",
     "Behaviour",

@@ -24,6 +24,7 @@ material. The CLI prints ``str(error)`` and exits non-zero; the HTTP layers map 
         ├── IllegalTransitionError     not one step from the current phase       (409)
         ├── ReasonRequiredError        ``force`` without a reason                (400)
         ├── GuardsFailedError          guards refuse now; ``failures`` lists them (409)
+        │   └── BackfillRefusedError   the fleet is not ready for a backfill mode  (409, exit 1)
         ├── TransitionConflictError    a concurrent change won the CAS           (409)
         └── ModeNotAllowedError        a backfill mode the phase does not allow  (409)
 
@@ -54,6 +55,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 __all__ = [
+    "BackfillRefusedError",
     "BlindIndexKeyMissingError",
     "ConfigError",
     "DatabaseUnavailableError",
@@ -205,6 +207,12 @@ class GuardsFailedError(PhaseError):
     def __init__(self, message: str, failures: Sequence[Refusal]) -> None:
         self.failures: tuple[Refusal, ...] = tuple(failures)
         super().__init__(message)
+
+
+class BackfillRefusedError(GuardsFailedError):
+    """A backfill run refused before it touched a row because the fleet is not ready for its
+    mode (a live instance lacks the key a ``rekey``/``encrypt`` writes, or has not observed the
+    phase a ``decrypt`` needs); ``failures`` names the rule and the instances."""
 
 
 class TransitionConflictError(PhaseError):

@@ -242,3 +242,39 @@ async def test_phase_flips_under_concurrent_updates_lose_nothing(
         for cid, change in final.items():
             got = (await http.get(f"/workspaces/{ws}/clients/{cid}")).json()
             assert {f: got[f] for f in change} == change
+
+
+async def test_contract_search_finds_a_row_a_legacy_writer_changed(
+    engine: AsyncEngine, database_url: URL
+) -> None:
+    """From contract on, reads still fall back to plaintext where the guard trigger cleared a
+    legacy writer's ciphertext; search must find those rows too, not only by blind index."""
+    async with running_app(make_settings(database_url), token=None) as (app, http):
+        await set_phase(engine, app, Phase.DUAL_WRITE)
+        ws = uuid.uuid4()
+        c = (await http.post(f"/workspaces/{ws}/clients", json=new_client(7))).json()
+        other = (await http.post(f"/workspaces/{ws}/clients", json=new_client(8))).json()
+        for phase in (Phase.BACKFILL, Phase.READ_SWITCH, Phase.CONTRACT):
+            await set_phase(engine, app, phase)
+        async with engine.begin() as conn:  # a writer that knows nothing of dualwrite
+            await conn.execute(
+                text("UPDATE clients SET email = 'Moved.On@Example.org' WHERE id = :i"),
+                {"i": uuid.UUID(c["id"])},
+            )
+        row = (await raw_rows(engine))[c["id"]]
+        assert row["email_encrypted"] is None and row["email_bidx"] is None  # cleared
+        got = (await http.get(f"/workspaces/{ws}/clients/{c['id']}")).json()
+        assert got["email"] == "Moved.On@Example.org"  # the read falls back to plaintext
+        found = await http.get(
+            f"/workspaces/{ws}/clients/search", params={"email": " moved.on@example.ORG"}
+        )
+        assert found.status_code == 200
+        assert [x["id"] for x in found.json()["items"]] == [c["id"]]
+        old = await http.get(
+            f"/workspaces/{ws}/clients/search", params={"email": "ada7@example.org"}
+        )
+        assert old.json()["items"] == []  # the old value is gone
+        by_index = await http.get(
+            f"/workspaces/{ws}/clients/search", params={"email": "ada8@example.org"}
+        )
+        assert [x["id"] for x in by_index.json()["items"]] == [other["id"]]

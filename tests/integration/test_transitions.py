@@ -97,7 +97,11 @@ async def test_applied_change_bumps_version_and_writes_one_audit_row(
         "applied",
     )
     assert (row.from_version, row.to_version) == (before.version, new.version)
-    assert {g["name"] for g in row.guards} == {"schema_expanded", "fleet_holds_current_key"}
+    assert {g["name"] for g in row.guards} == {
+        "schema_expanded",
+        "guard_trigger_enabled",
+        "fleet_holds_current_key",
+    }
     assert all(g["passed"] for g in row.guards)
 
 

@@ -42,6 +42,7 @@ from dualwrite.phases import (
     InstanceView,
     Phase,
     ReadSource,
+    TriggerView,
     VerificationView,
     backfill_mode_allowed,
     behaviour,
@@ -120,6 +121,7 @@ def good_facts(current: Phase, **overrides: Any) -> Facts:
         backfill_finished_at=BACKFILL_DONE,
         last_verification=VerificationView(VERIFIED, True, 0, 0, 0, BF),
         last_gate=GateView(GATED, True, current),
+        guard_trigger=TriggerView("clients", "dualwrite_stale_guard", "A"),
     )
     return replace(base, **overrides)
 
@@ -131,9 +133,10 @@ def names(decision: Decision) -> list[str]:
 # --- forward moves ------------------------------------------------------------------------------
 
 FORWARD_GUARDS = {
-    P: ["schema_expanded", "fleet_holds_current_key"],
-    DW: ["fleet_observed_dual_write"],
+    P: ["schema_expanded", "guard_trigger_enabled", "fleet_holds_current_key"],
+    DW: ["guard_trigger_enabled", "fleet_observed_dual_write"],
     BF: [
+        "guard_trigger_enabled",
         "coverage_complete",
         "verification_passed",
         "latency_gate_passed",
@@ -141,14 +144,19 @@ FORWARD_GUARDS = {
     ],
     RS: [
         "schema_expanded",
+        "guard_trigger_enabled",
         "fleet_observed_read_switch",
         "soak_time",
         "no_shadow_mismatches",
         "no_plaintext_fallbacks",
         "latency_gate_passed",
     ],
-    C: ["fleet_observed_contract", "plaintext_purged"],
+    C: ["guard_trigger_enabled", "fleet_observed_contract", "plaintext_purged"],
 }
+
+
+def trigger(enabled: str | None) -> dict[str, Any]:
+    return {"guard_trigger": TriggerView("clients", "dualwrite_stale_guard", enabled)}
 
 
 @pytest.mark.parametrize("current", list(FORWARD_GUARDS))
@@ -279,6 +287,21 @@ FORWARD_FAILURES: list[tuple[Phase, str, dict[str, Any], list[str]]] = [
         {"last_gate": GateView(ENTERED - timedelta(seconds=1), True, RS)},
         [f"since {ts(ENTERED)}"],
     ),
+    *[
+        (
+            phase,
+            "guard_trigger_enabled",
+            trigger(enabled),
+            [f"trigger dualwrite_stale_guard on clients is {state}", *fix],
+        )
+        for phase in (P, DW, BF, RS, C)
+        for enabled, state, fix in (
+            ("D", "disabled", ["ALTER TABLE clients ENABLE ALWAYS TRIGGER dualwrite_stale_guard"]),
+            ("O", "enabled for origin sessions only", ["session_replication_role = replica"]),
+            (None, "missing", []),
+        )
+    ],
+    (DW, "guard_trigger_enabled", {"guard_trigger": None}, ["was not inspected"]),
     (C, "fleet_observed_contract", {"instances": fleet(C, lagger(C))}, [lag_reason(C)]),
     (C, "plaintext_purged", {"rows_with_plaintext": 12}, ["12 rows still hold plaintext"]),
 ]
@@ -287,7 +310,7 @@ FORWARD_FAILURES: list[tuple[Phase, str, dict[str, Any], list[str]]] = [
 @pytest.mark.parametrize(
     ("current", "guard", "overrides", "fragments"),
     FORWARD_FAILURES,
-    ids=[f"{c}-{g}-{'-'.join(o)}" for c, g, o, _ in FORWARD_FAILURES],
+    ids=[f"{c}-{g}-{'-'.join(o)}-{i}" for i, (c, g, o, _) in enumerate(FORWARD_FAILURES)],
 )
 def test_forward_guard_fails_alone(
     current: Phase, guard: str, overrides: dict[str, Any], fragments: list[str]
@@ -319,10 +342,11 @@ def test_all_forward_guards_fail_together_and_are_all_listed() -> None:
         last_verification=None,
         last_gate=None,
         instances=fleet(BF, lagger(BF)),
+        guard_trigger=None,
     )
     decision = evaluate(BF, RS, facts)
     assert [g.name for g in decision.failures] == FORWARD_GUARDS[BF]
-    assert "7 rows" in decision.failures[0].reason
+    assert "7 rows" in decision.failures[1].reason
 
 
 @pytest.mark.parametrize("current", [BF, RS])
@@ -502,7 +526,7 @@ def test_dead_instances_are_ignored_by_fleet_guards() -> None:
     dead = lagger(DW, age=6.5)  # 3 poll intervals = 6 s
     decision = evaluate(DW, BF, good_facts(DW, instances=fleet(DW, dead)))
     assert decision.allowed
-    assert decision.guards[0].reason == "all 1 live instances are ready"
+    assert decision.guards[-1].reason == "all 1 live instances are ready"
 
 
 def test_a_live_lagging_instance_blocks_and_liveness_is_inclusive() -> None:
@@ -739,6 +763,11 @@ def test_decision_describe_is_json_friendly() -> None:
     assert described["direction"] == "forward" and described["allowed"] is False
     assert described["guards"] == [
         {
+            "name": "guard_trigger_enabled",
+            "passed": True,
+            "reason": "trigger dualwrite_stale_guard on clients is enabled always",
+        },
+        {
             "name": "fleet_observed_contract",
             "passed": True,
             "reason": "all 2 live instances are ready",
@@ -799,3 +828,12 @@ def test_module_is_pure(module: Any) -> None:
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
     } & {"now", "utcnow", "today", "time", "monotonic"}
     assert clock_calls == set()
+
+
+def test_an_expand_schema_failing_on_its_trigger_says_so() -> None:
+    decision = evaluate(P, DW, good_facts(P, schema_expanded=False, **trigger("O")))
+    reasons = {g.name: g.reason for g in decision.failures}
+    assert list(reasons) == ["schema_expanded", "guard_trigger_enabled"]
+    assert reasons["schema_expanded"] == (
+        "expand schema is incomplete: trigger dualwrite_stale_guard is not enabled always"
+    )

@@ -27,8 +27,8 @@ EXPECTED = {
     "BlindIndexKeyMissingError", "EncryptionUnavailableError", "DecryptionError",
     "DatabaseUnavailableError", "RequestError", "PhaseError", "UnknownMigrationError",
     "UnknownPhaseError", "IllegalTransitionError", "ReasonRequiredError", "GuardsFailedError",
-    "TransitionConflictError", "ModeNotAllowedError", "UnsupportedQueryError",
-    "UnsupportedTypeError", "SchemaStepError", "DependenciesRemainError",
+    "TransitionConflictError", "ModeNotAllowedError", "BackfillRefusedError",
+    "UnsupportedQueryError", "UnsupportedTypeError", "SchemaStepError", "DependenciesRemainError",
 }  # fmt: skip
 
 

@@ -2,6 +2,9 @@
 
 * :mod:`~dualwrite.backfill.worker` -- :class:`Backfiller`, one worker of one mode (runs, retries,
   checkpoints, accounting);
+* :mod:`~dualwrite.backfill.admission` -- the fleet rules a run must pass before it starts
+  (the key a ``rekey``/``encrypt`` writes is held by every live instance; ``decrypt`` waits until
+  the fleet observes the phase);
 * :mod:`~dualwrite.backfill.pipeline` -- one pass over the key space, batches in flight;
 * :mod:`~dualwrite.backfill.modes` -- one :class:`~dualwrite.backfill.modes.Strategy` per mode
   (encrypt, decrypt, rekey, purge): what it claims, transforms and writes;

@@ -42,6 +42,7 @@ import uuid
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from dualwrite.backfill import admission
 from dualwrite.backfill.modes import RowCodec
 from dualwrite.backfill.options import MAX_REPORTED_FAILURES, BackfillOptions, BackfillReport
 from dualwrite.backfill.pipeline import BatchDone, PassContext, RunPosition, run_pass
@@ -129,12 +130,15 @@ class Backfiller:
     # --- refusals: before touching any data ---------------------------------------------------
 
     async def preflight(self) -> Phase:
-        """Raise unless the mode may run now: unknown migration, wrong phase, missing keys,
-        plaintext columns gone. Touches nothing."""
+        """Raise unless the mode may run now: unknown migration, wrong phase, a fleet not ready
+        for the mode (:mod:`dualwrite.backfill.admission`), missing keys, plaintext columns
+        gone. Touches nothing."""
         mode = self.options.mode
         async with self.engine.connect() as conn:
             state = await registry.get_migration(conn, self.migration)
             require_backfill_mode(state.phase, mode)
+            current, poll = self.cipher.current_version, self.options.poll_seconds
+            await admission.admit(conn, state, mode, current_key=current, poll_interval=poll)
             spec = state.spec
             sql_types = await inspector.column_types(conn, spec.sql_table)
             if mode is not BackfillMode.REKEY and not await inspector.plaintext_columns_present(

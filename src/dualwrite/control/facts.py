@@ -56,4 +56,5 @@ async def gather_facts(
         poll_interval_seconds=settings.poll_interval_seconds,
         soak_seconds=settings.soak_seconds,
         require_latency_gate=settings.require_latency_gate,
+        guard_trigger=await inspector.guard_trigger(conn, spec),
     )

@@ -52,7 +52,14 @@ Choices made here (DESIGN.md §5 is silent on them):
   plain :class:`ValueError` (not a ``DualwriteError``) for an unknown mode name.
 """
 
-from dualwrite.phases.facts import Facts, GateView, InstanceView, VerificationView, live_instances
+from dualwrite.phases.facts import (
+    Facts,
+    GateView,
+    InstanceView,
+    TriggerView,
+    VerificationView,
+    live_instances,
+)
 from dualwrite.phases.guards import Decision, Guard, GuardResult
 from dualwrite.phases.model import (
     BEHAVIOURS,
@@ -83,6 +90,7 @@ __all__ = [
     "InstanceView",
     "Phase",
     "ReadSource",
+    "TriggerView",
     "VerificationView",
     "backfill_mode_allowed",
     "behaviour",

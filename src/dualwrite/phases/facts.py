@@ -12,7 +12,14 @@ from datetime import datetime, timedelta
 
 from dualwrite.phases.model import Phase
 
-__all__ = ["Facts", "GateView", "InstanceView", "VerificationView", "live_instances"]
+__all__ = [
+    "Facts",
+    "GateView",
+    "InstanceView",
+    "TriggerView",
+    "VerificationView",
+    "live_instances",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +68,18 @@ class GateView:
 
 
 @dataclass(frozen=True, slots=True)
+class TriggerView:
+    """The guard trigger the table needs now (the stale-ciphertext trigger while the plaintext
+    columns exist, the key guard after the contract dropped them) and its ``pg_trigger.tgenabled``:
+    ``A`` always, ``O`` origin sessions only, ``R`` replica sessions only, ``D`` disabled,
+    ``None`` when it does not exist."""
+
+    table: str
+    name: str
+    enabled: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Facts:
     """A snapshot of everything the guards look at (timezone-aware datetimes, one clock)."""
 
@@ -82,6 +101,7 @@ class Facts:
     poll_interval_seconds: float = 2.0
     soak_seconds: float = 300.0
     require_latency_gate: bool = True
+    guard_trigger: TriggerView | None = None  # None: not inspected (the guard fails)
 
 
 def live_instances(facts: Facts) -> tuple[InstanceView, ...]:

@@ -143,12 +143,51 @@ def fleet_holds_current_key(facts: Facts) -> GuardResult:
 
 
 def schema_expanded(f: Facts) -> GuardResult:
-    return _check(
-        "schema_expanded",
-        f.schema_expanded,
-        "expand schema is present",
-        "expand schema is missing: run `dualwrite db upgrade`",
-    )
+    t = f.guard_trigger
+    if not f.schema_expanded and t is not None and t.enabled not in ("A", None):
+        bad = f"expand schema is incomplete: trigger {t.name} is not enabled always"
+    else:
+        bad = "expand schema is missing: run `dualwrite db upgrade`"
+    return _check("schema_expanded", f.schema_expanded, "expand schema is present", bad)
+
+
+_TRIGGER_STATES = {
+    "O": "enabled for origin sessions only (writers with session_replication_role = replica "
+    "bypass it)",
+    "R": "enabled for replica sessions only",
+    "D": "disabled",
+}
+
+
+def guard_trigger_enabled(f: Facts) -> GuardResult:
+    """``guard_trigger_enabled``: the table's guard trigger exists and is enabled ALWAYS (DESIGN
+    §6), so no writer -- replica-role sessions included -- leaves a stale ciphertext behind or
+    orphans one with a key change. Every forward move re-checks it: ``ALTER TABLE ... DISABLE
+    TRIGGER`` (or a plain ``ENABLE TRIGGER``, origin only) stops the migration.
+
+    >>> from datetime import UTC, datetime
+    >>> from dualwrite.phases.facts import TriggerView
+    >>> t = datetime(2025, 1, 1, tzinfo=UTC)
+    >>> f = Facts(now=t, state_version=1, phase_changed_at=t, schema_expanded=True,
+    ...           plaintext_columns_present=True, current_key_version="v1",
+    ...           guard_trigger=TriggerView("clients", "dualwrite_stale_guard", "D"))
+    >>> print(guard_trigger_enabled(f).reason)
+    trigger dualwrite_stale_guard on clients is disabled: run `ALTER TABLE clients ENABLE \
+ALWAYS TRIGGER dualwrite_stale_guard`
+    """
+    t, name = f.guard_trigger, "guard_trigger_enabled"
+    if t is None:
+        return GuardResult(name, False, "the guard trigger was not inspected")
+    which = f"trigger {t.name} on {t.table}"
+    if t.enabled == "A":
+        return GuardResult(name, True, f"{which} is enabled always")
+    if t.enabled is None:
+        return GuardResult(
+            name, False, f"{which} is missing: re-create it (the expand revision installs it)"
+        )
+    state = _TRIGGER_STATES.get(t.enabled, f"in state {t.enabled!r}")
+    fix = f"ALTER TABLE {t.table} ENABLE ALWAYS TRIGGER {t.name}"
+    return GuardResult(name, False, f"{which} is {state}: run `{fix}`")
 
 
 def coverage_complete(f: Facts) -> GuardResult:

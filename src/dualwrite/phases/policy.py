@@ -9,7 +9,8 @@ from the behaviour table (see :mod:`dualwrite.phases` for the rules).
 ...               plaintext_columns_present=True, current_key_version="v1")
 >>> d = evaluate("plaintext", "dual_write", facts)
 >>> d.allowed, [(g.name, g.passed) for g in d.guards]
-(False, [('schema_expanded', False), ('fleet_holds_current_key', True)])
+(False, [('schema_expanded', False), ('guard_trigger_enabled', False), \
+('fleet_holds_current_key', True)])
 >>> d.failures[0].reason
 'expand schema is missing: run `dualwrite db upgrade`'
 """
@@ -28,6 +29,7 @@ from dualwrite.phases.guards import (
     fleet_guard,
     fleet_holds_current_key,
     fleet_observed,
+    guard_trigger_enabled,
     latency_gate_passed,
     no_plaintext_fallbacks,
     no_shadow_mismatches,
@@ -58,9 +60,10 @@ def _fleet_writes_plaintext(facts: Facts) -> GuardResult:
 
 FORWARD_GUARDS: Mapping[Phase, tuple[Guard, ...]] = MappingProxyType(
     {
-        Phase.PLAINTEXT: (schema_expanded, fleet_holds_current_key),
-        Phase.DUAL_WRITE: (fleet_observed(Phase.DUAL_WRITE),),
+        Phase.PLAINTEXT: (schema_expanded, guard_trigger_enabled, fleet_holds_current_key),
+        Phase.DUAL_WRITE: (guard_trigger_enabled, fleet_observed(Phase.DUAL_WRITE)),
         Phase.BACKFILL: (
+            guard_trigger_enabled,
             coverage_complete,
             verification_passed,
             latency_gate_passed(Phase.BACKFILL),
@@ -68,15 +71,18 @@ FORWARD_GUARDS: Mapping[Phase, tuple[Guard, ...]] = MappingProxyType(
         ),
         Phase.READ_SWITCH: (
             schema_expanded,  # includes the unique fields' valid UNIQUE indexes
+            guard_trigger_enabled,
             fleet_observed(Phase.READ_SWITCH),
             soak_time,
             no_shadow_mismatches,
             no_plaintext_fallbacks,
             latency_gate_passed(Phase.READ_SWITCH),
         ),
-        Phase.CONTRACT: (fleet_observed(Phase.CONTRACT), plaintext_purged),
+        Phase.CONTRACT: (guard_trigger_enabled, fleet_observed(Phase.CONTRACT), plaintext_purged),
     }
 )
+"""Every forward move re-checks ``guard_trigger_enabled``: a disabled (or origin-only) guard
+trigger stops the migration, whatever phase it is in."""
 
 
 def _backward(current: Phase, target: Phase) -> tuple[Guard, ...]:

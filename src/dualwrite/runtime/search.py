@@ -6,12 +6,18 @@ or a model's table once :mod:`dualwrite.runtime.orm` added the columns):
 
 * ``bidx = :digest`` -- the blind index of the value under the field's normalisation
   (``email``, ``phone``, ``text``, or ``exact`` for typed values: the canonical text);
-* while the phase still writes plaintext, rows not backfilled yet have no blind index, so the
-  clause is ``bidx = :digest OR (bidx IS NULL AND <plaintext matches>)``: for ``exact`` the
-  plaintext column equals the value, for the text kinds a normal form computed in SQL
+* while the plaintext column exists and a read may serve it (reads from plaintext, or falls
+  back to it: ``plaintext`` .. ``contract``), a row without blind index -- not backfilled yet, or
+  changed by a writer that knows nothing of dualwrite, whose change the guard trigger cleared
+  the blind index of -- is found by its plaintext, so the clause is
+  ``bidx = :digest OR (bidx IS NULL AND <plaintext matches>)``: for ``exact`` the plaintext
+  column equals the value, for the text kinds a normal form computed in SQL
   (``lower(btrim(email))``, the digits of a phone) -- close to, not exactly, the blind-index
   normalisation (no NFKC/casefold in SQL), so decoded candidates are re-checked with
-  :func:`matches`.
+  :func:`matches`. Search finds what a read serves: in ``contract`` a legacy writer's new value
+  is read (counted fallback) and found alike until the next purge encrypts it;
+* once the plaintext column is gone (``finalized``, or a ``contract`` unit of work that found it
+  dropped) the clause is ``bidx = :digest`` alone.
 """
 
 from __future__ import annotations
@@ -22,13 +28,19 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import ColumnElement, Table, and_, func, literal, or_
 
 from dualwrite.crypto import BlindIndex
-from dualwrite.phases import Behaviour
+from dualwrite.phases import Behaviour, ReadSource
 from dualwrite.spec import MigrationSpec
 
 if TYPE_CHECKING:
     from dualwrite.runtime.codec import FieldCodec
 
-__all__ = ["matches", "search_clause", "table_matches", "without_ciphertext"]
+__all__ = [
+    "matches",
+    "search_clause",
+    "serves_plaintext",
+    "table_matches",
+    "without_ciphertext",
+]
 
 
 def table_matches(table: Table, spec: MigrationSpec) -> bool:
@@ -44,6 +56,20 @@ def without_ciphertext(behaviour: Behaviour) -> Behaviour:
     return dataclasses.replace(behaviour, writes_ciphertext=False)
 
 
+def serves_plaintext(behaviour: Behaviour) -> bool:
+    """Whether a read in this phase may serve a row's plaintext (and so search must find it).
+
+    >>> from dualwrite.phases import behaviour
+    >>> [p for p in ("backfill", "read_switch", "contract", "finalized")
+    ...  if serves_plaintext(behaviour(p))]
+    ['backfill', 'read_switch', 'contract']
+    """
+    b = behaviour
+    return b.plaintext_column_exists and (
+        b.reads_from is ReadSource.PLAINTEXT or b.fallback_to_plaintext
+    )
+
+
 def search_clause(
     table: Table, codec: FieldCodec, behaviour: Behaviour, field: str, value: Any
 ) -> ColumnElement[bool]:
@@ -54,7 +80,7 @@ def search_clause(
     bidx_col = table.c[f.bidx_column]
     digest = codec.bidx_for(field, value) if codec.can_encrypt else None
     by_index: ColumnElement[bool] = bidx_col == digest if digest is not None else literal(False)
-    if not (behaviour.writes_plaintext and behaviour.plaintext_column_exists):
+    if not serves_plaintext(behaviour):
         return by_index
     plain = table.c[f.plaintext_column]
     if f.blind_index == "exact":

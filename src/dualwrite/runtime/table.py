@@ -18,14 +18,16 @@ columns itself and builds Core statements for the phase's :class:`~dualwrite.pha
 Every read is ONE statement whatever the number of rows (no per-row queries); the columns it
 selects depend on the phase (no plaintext in ``finalized``, no ciphertext before ``backfill``).
 Inserts and updates write plaintext, ciphertext and blind index of a field in the same
-statement; an update touches only the fields it is given. Rows come back as plain dicts
-keyed by attribute name.
+statement; an update touches only the fields it is given -- except a primary-key change, which
+re-encrypts every field under the new key (a ciphertext is bound to its row's key). Rows come
+back as plain dicts keyed by attribute name.
 
-Search on a blind-indexed field (:meth:`EncryptedTable.search_clause`): while the phase still
-writes plaintext (``plaintext`` .. ``read_switch``), rows not yet backfilled have a NULL blind
-index, so the clause is ``bidx = :b OR (bidx IS NULL AND <plaintext matches>)`` -- both arms
-are index scans on ``(scope, <field>_bidx)``; from ``contract`` on (coverage is 100% and
-plaintext is being purged) it is ``bidx = :b`` alone. The plaintext arm compares a normal form
+Search on a blind-indexed field (:meth:`EncryptedTable.search_clause`): while the plaintext
+column exists and reads may serve it (``plaintext`` .. ``contract``), rows without a blind index
+(not yet backfilled, or changed by a legacy writer: the guard trigger cleared it) are matched by
+their plaintext, so the clause is ``bidx = :b OR (bidx IS NULL AND <plaintext matches>)`` --
+both arms are index scans on ``(scope, <field>_bidx)``; once the plaintext columns are gone
+(``finalized``) it is ``bidx = :b`` alone. The plaintext arm compares a normal form
 computed in SQL (``lower(btrim(email))``, digits of a phone), a close but not exact copy of the
 blind-index normalisation (no Unicode NFKC/casefold in SQL); :meth:`EncryptedTable.matches`
 re-checks the decoded rows with the exact rule, so every phase answers the same for ASCII data.
@@ -207,13 +209,30 @@ class EncryptedTable:
         params.update(self.codec.write_columns(behaviour, values, row_key))
         return params
 
+    def changes_key(self, key: Any, changes: Mapping[str, Any]) -> bool:
+        """Whether ``changes`` moves row ``key`` to another primary key."""
+        pk = self.spec.primary_key
+        return pk in changes and row_key_of(changes[pk]) != row_key_of(key)
+
     def update_params(
         self, behaviour: Behaviour, key: Any, changes: Mapping[str, Any]
     ) -> dict[str, Any]:
         """Column values of an UPDATE of row ``key``: only the fields in ``changes`` are
-        (re-)encrypted; ``updated_at`` is set to ``now()`` when the table has one."""
+        (re-)encrypted; ``updated_at`` is set to ``now()`` when the table has one.
+
+        A primary-key change binds the ciphertexts to the new key and must carry every field
+        (a ciphertext is bound to its row's key; :meth:`update` reads the others first)."""
+        row_key = row_key_of(key)
+        if self.changes_key(key, changes):
+            missing = [f for f in self.spec.field_names if f not in changes]
+            if missing:
+                raise ValueError(
+                    f"a primary key change on {self.spec.table} must rewrite every encrypted "
+                    f"field (missing: {', '.join(missing)}): use EncryptedTable.update"
+                )
+            row_key = row_key_of(changes[self.spec.primary_key])
         params = {k: v for k, v in changes.items() if k not in self._field_names}
-        params.update(self.codec.write_columns(behaviour, changes, row_key_of(key)))
+        params.update(self.codec.write_columns(behaviour, changes, row_key))
         if self._updated_at and self._updated_at not in params:
             params[self._updated_at] = func.now()
         return params
@@ -262,7 +281,15 @@ class EncryptedTable:
         *where: ColumnElement[bool],
     ) -> dict[str, Any] | None:
         """UPDATE row ``key`` (and ``where``); returns the row after the update, or ``None``
-        when no row matched. One statement (``UPDATE ... RETURNING``)."""
+        when no row matched. One statement (``UPDATE ... RETURNING``), except for a
+        primary-key change: the row is read first (``FOR UPDATE``, in the caller's
+        transaction) and every field is re-encrypted under the new key, so no ciphertext stays
+        bound to the old one (the guard trigger refuses a key change that would leave one)."""
+        if self.changes_key(key, changes):
+            current = await self._current_fields(conn, behaviour, key, where)
+            if current is None:
+                return None
+            changes = {**current, **changes}
         params = self.update_params(behaviour, key, changes)
         stmt = (
             update(self.table)
@@ -272,6 +299,18 @@ class EncryptedTable:
         )
         row = (await conn.execute(stmt)).first()
         return None if row is None else self.decode_rows(behaviour, [row])[0]
+
+    async def _current_fields(
+        self, conn: AsyncConnection, b: Behaviour, key: Any, where: Sequence[ColumnElement[bool]]
+    ) -> dict[str, Any] | None:
+        """Every field of row ``key`` as this phase reads it (locked until the caller's
+        transaction ends), or ``None`` when no row matches."""
+        stmt = self.select(b).where(self.key == key, *where).with_for_update()
+        row = (await conn.execute(stmt)).first()
+        if row is None:
+            return None
+        decoded = self.decode_rows(b, [row])[0]
+        return {name: decoded[name] for name in self.spec.field_names}
 
     async def fetch_rows(
         self,

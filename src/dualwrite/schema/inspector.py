@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from dualwrite.phases import TriggerView
 from dualwrite.schema import sql as schema_sql
 from dualwrite.schema import unique
 from dualwrite.spec import MigrationSpec
@@ -24,6 +25,7 @@ __all__ = [
     "Coverage",
     "column_types",
     "coverage",
+    "guard_trigger",
     "plaintext_columns_present",
     "schema_expanded",
     "trigger_enabled",
@@ -65,6 +67,14 @@ async def trigger_enabled(conn: AsyncConnection, table: str, trigger: str) -> st
     return None if value is None else str(value)
 
 
+async def guard_trigger(conn: AsyncConnection, spec: MigrationSpec) -> TriggerView:
+    """The guard trigger the table needs now and its ``tgenabled``: the stale-ciphertext trigger
+    while the plaintext columns exist, the key guard after the contract dropped them."""
+    plaintext = await plaintext_columns_present(conn, spec)
+    name = schema_sql.STALE_GUARD_TRIGGER if plaintext else schema_sql.KEY_GUARD_TRIGGER
+    return TriggerView(spec.table, name, await trigger_enabled(conn, spec.sql_table, name))
+
+
 async def schema_expanded(conn: AsyncConnection, spec: MigrationSpec) -> bool:
     """Every ciphertext (blind-index, unique-HMAC) column exists, every ``unique`` field's
     UNIQUE index is there and valid, and so is the guard trigger, enabled ALWAYS: the
@@ -78,9 +88,7 @@ async def schema_expanded(conn: AsyncConnection, spec: MigrationSpec) -> bool:
         found = await conn.execute(text(unique.UNIQUE_INDEX_STATE_SQL), params)
         if found.scalar() is not True:
             return False
-    plaintext = await plaintext_columns_present(conn, spec)
-    trigger = schema_sql.STALE_GUARD_TRIGGER if plaintext else schema_sql.KEY_GUARD_TRIGGER
-    return await trigger_enabled(conn, spec.sql_table, trigger) == "A"
+    return (await guard_trigger(conn, spec)).enabled == "A"
 
 
 async def column_types(conn: AsyncConnection, table: str) -> dict[str, str]:

@@ -4,8 +4,9 @@ Every phase must answer a statement the same way, so a clause on an encrypted fi
 rewritten into one that is right in every phase, or refused before anything runs:
 
 * ``Model.field == value`` on a searchable field becomes the blind-index clause of
-  :func:`dualwrite.runtime.search.search_clause` (plus the plaintext arm while plaintext is
-  written); the value must be inline (a literal, not a ``bindparam`` filled in later);
+  :func:`dualwrite.runtime.search.search_clause` (plus the plaintext arm while the plaintext
+  column exists and reads may serve it, ``contract`` included); the value must be inline (a
+  literal, not a ``bindparam`` filled in later);
 * any other use of an encrypted field in ``WHERE``/``ORDER BY``/``GROUP BY``/``HAVING``
   (``LIKE``, ``ilike``, ``contains``, ``<``, ordering, equality on a field without ``search``)
   raises :class:`~dualwrite.errors.UnsupportedQueryError`: the ciphertext cannot answer it and
