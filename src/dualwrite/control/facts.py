@@ -56,4 +56,6 @@ async def gather_facts(
         poll_interval_seconds=settings.poll_interval_seconds,
         soak_seconds=settings.soak_seconds,
         require_latency_gate=settings.require_latency_gate,
+        decrypt_finished_at=await checkpoints.last_finished_at(conn, state.name, "decrypt"),
+        decrypt_unfinished=await checkpoints.unfinished_runs(conn, state.name, "decrypt") > 0,
     )
