@@ -283,3 +283,21 @@ async def test_repair_rebuilds_ciphertext_while_reads_come_from_plaintext(
     assert report.repair_direction == "ciphertext from plaintext" and report.repaired == 1
     assert await stored(engine, pk, "first_name") == served != "Nora"
     assert await decrypted(settings, engine, pk, "first_name") == served
+
+
+async def test_repair_in_read_switch_never_overwrites_the_ciphertext_users_read(
+    seeded: AsyncEngine, settings: Settings
+) -> None:
+    engine = seeded
+    await encrypted_in_read_switch(engine, settings)
+    pk = (await ids(engine))[0]
+    # an instance still in a ciphertext-only phase writes a new first name: plaintext is stale
+    await write_as(settings, engine, Phase.FINALIZED, pk, first_name="Nora")
+    assert (await read_as(settings, engine, Phase.READ_SWITCH, pk))["first_name"] == "Nora"
+    report = await full_verify(engine, settings, repair=True)
+    assert report.mismatched == 1 and report.repaired == 1
+    assert (await read_as(settings, engine, Phase.READ_SWITCH, pk))["first_name"] == "Nora"
+    assert await decrypted(settings, engine, pk, "first_name") == "Nora"
+    assert await stored(engine, pk, "first_name") == "Nora"  # rebuilt from the ciphertext
+    assert report.as_dict()["repair_direction"] == "plaintext from ciphertext"
+    assert (await full_verify(engine, settings)).ok
