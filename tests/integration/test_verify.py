@@ -104,7 +104,7 @@ async def test_sample_and_repair_follows_the_side_the_phase_reads(
     assert report.ok and report.repair_direction == "plaintext from ciphertext"
     async with encrypted.begin() as conn:  # the columns gone: nothing left to rebuild
         await conn.execute(text("ALTER TABLE clients DROP COLUMN address"))
-    with pytest.raises(PhaseError, match="^--repair rebuilds the plaintext, but the plaintext "):
+    with pytest.raises(PhaseError, match=r"^--repair rebuilds the plaintext, but the plaintext "):
         await verify(encrypted, CLIENTS_PII, cipher, repair=True)
 
 
