@@ -29,7 +29,7 @@ from dualwrite.errors import GuardsFailedError
 from dualwrite.metrics import Metrics
 from dualwrite.phases import Phase, behaviour
 from dualwrite.runtime import EncryptedTable, FieldCodec
-from dualwrite.state import checkpoints, results
+from dualwrite.state import checkpoints, fleet, registry, results
 from dualwrite.verify import verify
 from tests.conftest import TEST_BIDX_KEY, TEST_KEY_V1
 from tests.integration.backfill_helpers import backfill, cipher_of, move_to, table_snapshot
@@ -238,6 +238,56 @@ async def test_a_verification_that_started_during_the_backfill_does_not_count(
     assert (await verification_guard()).passed
 
 
+def cli_env(database_url: URL) -> dict[str, str]:
+    return {
+        "PATH": "/usr/bin:/bin",
+        "DATABASE_URL": database_url.render_as_string(hide_password=False),
+        "ENCRYPTION_KEYS": f"v1={TEST_KEY_V1}",
+        "BLIND_INDEX_KEY": TEST_BIDX_KEY,
+        "POLL_INTERVAL_SECONDS": "60",  # liveness far longer than the test takes
+    }
+
+
+DECRYPT_CLI = [sys.executable, "-m", "dualwrite.cli", "backfill", "--mode", "decrypt", "--once"]
+
+
+async def test_decrypt_waits_until_every_live_instance_observes_read_switch(
+    seeded: AsyncEngine, settings: Settings, database_url: URL
+) -> None:
+    engine = seeded
+    await encrypted_in_read_switch(engine, settings)
+    await move_to(engine, Phase.CONTRACT)
+    await backfill(engine, settings, "purge")
+    contract_version = (await move(engine, settings, "read_switch")).version - 1
+
+    async def beat(phase: Phase, version: int) -> None:
+        async with engine.begin() as conn:
+            await fleet.heartbeat(conn, fleet.Heartbeat(
+                "api-9", NAME, phase, version, frozenset({"v1"}), host="h9", pid=9,
+                poll_interval_seconds=60.0,
+            ))  # fmt: skip
+
+    await beat(Phase.CONTRACT, contract_version)  # still writes ciphertext only
+    before = await table_snapshot(engine)
+    refused = subprocess.run(DECRYPT_CLI, env=cli_env(database_url), capture_output=True, text=True)
+    assert refused.returncode == 1
+    lines = [line for line in refused.stderr.splitlines() if not line.startswith("{")]
+    assert lines == [
+        "error: decrypt waits until every live instance observes read_switch: instance api-9 "
+        f"(host h9, pid 9) has observed version {contract_version} (contract), needs version "
+        f"{contract_version + 1} (read_switch)"
+    ]
+    assert await table_snapshot(engine) == before
+    await beat(Phase.READ_SWITCH, contract_version + 1)
+    done = subprocess.run(DECRYPT_CLI, env=cli_env(database_url), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    async with engine.connect() as conn:
+        state = await registry.get_migration(conn, NAME)
+        assert await checkpoints.last_finished_at(conn, NAME, "decrypt") is not None
+    assert state.phase is Phase.READ_SWITCH
+    assert await stored(engine, (await ids(engine))[0], "first_name") is not None
+
+
 @pytest.mark.parametrize(
     ("phase", "allowed"), [(Phase.CONTRACT, "rekey, purge"), (Phase.FINALIZED, "rekey")]
 )
@@ -250,14 +300,7 @@ async def test_decrypt_is_refused_in_contract_and_finalized_in_one_line(
     if phase is Phase.FINALIZED:  # the columns are still there: only the phase refuses
         await move_to(seeded, Phase.FINALIZED)
     before = await table_snapshot(seeded)
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "DATABASE_URL": database_url.render_as_string(hide_password=False),
-        "ENCRYPTION_KEYS": f"v1={TEST_KEY_V1}",
-        "BLIND_INDEX_KEY": TEST_BIDX_KEY,
-    }
-    cmd = [sys.executable, "-m", "dualwrite.cli", "backfill", "--mode", "decrypt", "--once"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    done = subprocess.run(DECRYPT_CLI, env=cli_env(database_url), capture_output=True, text=True)
     assert done.returncode == 1
     lines = [line for line in done.stderr.splitlines() if not line.startswith("{")]
     assert lines == [

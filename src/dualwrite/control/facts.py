@@ -12,12 +12,14 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from dualwrite.config import Settings
-from dualwrite.phases import Facts
+from dualwrite.errors import PhaseError
+from dualwrite.phases import Facts, Phase
+from dualwrite.phases.guards import fleet_observed
 from dualwrite.schema import inspector
 from dualwrite.state import checkpoints, fleet, read_events, registry, results
 from dualwrite.state.registry import MigrationState
 
-__all__ = ["gather_facts"]
+__all__ = ["gather_facts", "require_decrypt_ready"]
 
 
 async def gather_facts(
@@ -59,3 +61,21 @@ async def gather_facts(
         decrypt_finished_at=await checkpoints.last_finished_at(conn, state.name, "decrypt"),
         decrypt_unfinished=await checkpoints.unfinished_runs(conn, state.name, "decrypt") > 0,
     )
+
+
+async def require_decrypt_ready(
+    conn: AsyncConnection, state: MigrationState, settings: Settings, keyring_current: str | None
+) -> None:
+    """Refuse a decrypt in ``read_switch`` until every live instance observed it (DESIGN §5,
+    "Rollback": then every writer writes plaintext again, so the restore converges instead of
+    racing instances that still write ciphertext only). Other phases are left to the
+    backfiller, which refuses the mode itself."""
+    if state.phase is not Phase.READ_SWITCH:
+        return
+    result = fleet_observed(Phase.READ_SWITCH)(
+        await gather_facts(conn, state, settings, keyring_current)
+    )
+    if not result.passed:
+        raise PhaseError(
+            f"decrypt waits until every live instance observes read_switch: {result.reason}"
+        )
