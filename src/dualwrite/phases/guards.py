@@ -202,8 +202,10 @@ def fleet_observed_at(f: Facts) -> datetime:
 
 def plaintext_verified(f: Facts) -> GuardResult:
     """``plaintext_verified``: before reads go back to plaintext, a full verification with 0
-    problems started after the fleet observed the current phase (every writer writes plaintext
-    again) and after the last decrypt pass finished (DESIGN §5, "Rollback")."""
+    mismatches and 0 undecryptable rows started after the fleet observed the current phase
+    (every writer writes plaintext again) and after the last decrypt pass finished (DESIGN §5,
+    "Rollback"). Missing ciphertexts do not count: the stale guard clears a ciphertext when a
+    writer changes the plaintext alone, so there the plaintext is the newer value."""
     name, v = "plaintext_verified", f.last_verification
     if f.decrypt_unfinished:
         return GuardResult(
@@ -227,7 +229,8 @@ def plaintext_verified(f: Facts) -> GuardResult:
             f"the last full verification started at {began}, not after {what} "
             f"({_ts(after)}): run `dualwrite verify --full` again",
         )
-    ok, counts = _counts(v)
+    # a missing ciphertext is fine here: reads go back to the plaintext it was cleared for
+    ok, counts = v.mismatches == v.undecryptable == 0, _counts(v)[1]
     fix = "" if ok else ": run `dualwrite verify --full --repair`, then verify again"
     return GuardResult(
         name, ok, f"the last full verification ({_ts(v.started_at)}, after {what}): {counts}{fix}"
