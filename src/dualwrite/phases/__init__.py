@@ -41,7 +41,8 @@ Choices made here (DESIGN.md §5 is silent on them):
   (out of a phase without plaintext columns or one that does not write plaintext:
   ``plaintext_columns_present``; into a phase that reads plaintext: ``plaintext_complete``; from
   reading ciphertext to reading plaintext: ``plaintext_verified``, a full verification with 0
-  problems that started after the fleet observed the current phase and after the last decrypt
+  mismatches and 0 undecryptable rows (missing ciphertexts are fine: the plaintext is newer
+  there) that started after the fleet observed the current phase and after the last decrypt
   pass; out of one that NULLs plaintext: every live instance observed it; out of one that writes
   plaintext: no live instance still runs a phase that does not, which is DESIGN's "re-checked
   once every instance has stopped writing NULL plaintext"):
