@@ -241,7 +241,12 @@ async def test_clinic_app_is_migrated_under_live_traffic(
         await move(engine, s, watcher, Phase.READ_SWITCH)
         traffic.legacy_on.set()
         await asyncio.sleep(0.5)
-        await move(engine, s, watcher, Phase.BACKFILL)  # the rollback: reads go back
+        # the rollback: reads go back once a full verification that started after the fleet
+        # observed read_switch finds no mismatch (the legacy writer's cleared ciphertexts are
+        # "missing", which a move back to plaintext reads accepts)
+        rollback_check = await verify(engine, PATIENTS_PII, FieldCipher(KEYS), BIDX, full=True)
+        assert rollback_check.mismatched == rollback_check.undecryptable == 0
+        await move(engine, s, watcher, Phase.BACKFILL)
         await asyncio.sleep(0.5)
         await traffic.pause_legacy()  # the legacy writer is retired before the contract
         await backfill(engine, BackfillMode.ENCRYPT)

@@ -204,9 +204,9 @@ async def test_purge_then_decrypt_restores_every_plaintext(
     assert purged.rows_done == ROWS
     assert (await _coverage(seeded)).rows_with_plaintext == 0
     assert (await _coverage(seeded)).rows_missing_ciphertext == 0  # ciphertext kept
+    await move_to(seeded, Phase.READ_SWITCH)  # decrypt runs once the fleet writes plaintext
     restored = await backfill(seeded, settings, "decrypt")
     assert restored.rows_done == ROWS
-    await move_to(seeded, Phase.READ_SWITCH)
     assert await plaintexts(seeded) == original
 
 
@@ -238,6 +238,7 @@ async def test_undecryptable_row_is_counted_reported_by_pk_and_skipped(
     await move_to(seeded, Phase.READ_SWITCH, Phase.CONTRACT)
     if mode == "decrypt":
         await backfill(seeded, settings, "purge")
+        await move_to(seeded, Phase.READ_SWITCH)
     async with seeded.begin() as conn:
         pk = (
             await conn.execute(text("SELECT id FROM clients ORDER BY id LIMIT 1 OFFSET 7"))

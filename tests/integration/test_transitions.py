@@ -4,6 +4,7 @@ data guards fed by store records, finalize (contract revision) and its rollback.
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import text
@@ -243,7 +244,8 @@ async def test_data_guards_pass_from_recorded_results(
     entered = (await state(engine)).changed_at
     async with engine.begin() as conn:
         await checkpoints.save_checkpoint(
-            conn, checkpoints.Checkpoint(NAME, "encrypt", finished_at=entered)
+            conn,
+            checkpoints.Checkpoint(NAME, "encrypt", finished_at=entered - timedelta(seconds=1)),
         )
         await results.record_verification(
             conn,

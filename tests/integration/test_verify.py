@@ -92,14 +92,19 @@ async def test_finds_each_kind_reports_keys_only_and_repairs(
     assert again.ok
 
 
-async def test_sample_and_repair_refused_when_plaintext_is_not_authoritative(
+async def test_sample_and_repair_follows_the_side_the_phase_reads(
     encrypted: AsyncEngine, settings: Settings
 ) -> None:
     cipher = cipher_of(settings)
     sample = await verify(encrypted, CLIENTS_PII, cipher, sample=50)
     assert not sample.full and 0 < sample.checked <= 50 and sample.ok
+    assert sample.repair_direction is None
     await move_to(encrypted, Phase.READ_SWITCH, Phase.CONTRACT)
-    with pytest.raises(PhaseError, match="--repair"):
+    report = await verify(encrypted, CLIENTS_PII, cipher, repair=True)
+    assert report.ok and report.repair_direction == "plaintext from ciphertext"
+    async with encrypted.begin() as conn:  # the columns gone: nothing left to rebuild
+        await conn.execute(text("ALTER TABLE clients DROP COLUMN address"))
+    with pytest.raises(PhaseError, match=r"^--repair rebuilds the plaintext, but the plaintext "):
         await verify(encrypted, CLIENTS_PII, cipher, repair=True)
 
 

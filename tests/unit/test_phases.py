@@ -65,6 +65,7 @@ P, DW, BF, RS, C, F = (
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 ENTERED = NOW - timedelta(hours=1)  # the current phase was entered an hour ago
 BACKFILL_DONE = NOW - timedelta(minutes=50)
+VERIFY_STARTED = NOW - timedelta(minutes=45)
 VERIFIED = NOW - timedelta(minutes=40)
 GATED = NOW - timedelta(minutes=1)
 VERSION = 5
@@ -108,6 +109,21 @@ def lagger(current: Phase, **kw: Any) -> InstanceView:
     return inst("api-2", host="h2", pid=12, **kw)
 
 
+def verification(
+    mismatches: int = 0,
+    missing: int = 0,
+    undecryptable: int = 0,
+    *,
+    full: bool = True,
+    started: datetime | None = VERIFY_STARTED,
+    finished: datetime = VERIFIED,
+) -> VerificationView:
+    """A verification run that started at ``started`` and finished at ``finished``."""
+    return VerificationView(
+        finished, full, mismatches, missing, undecryptable, BF, started_at=started
+    )
+
+
 def good_facts(current: Phase, **overrides: Any) -> Facts:
     """A snapshot in which every guard of every move out of ``current`` passes."""
     base = Facts(
@@ -119,7 +135,7 @@ def good_facts(current: Phase, **overrides: Any) -> Facts:
         current_key_version="v2",
         instances=fleet(current),
         backfill_finished_at=BACKFILL_DONE,
-        last_verification=VerificationView(VERIFIED, True, 0, 0, 0, BF),
+        last_verification=verification(),
         last_gate=GateView(GATED, True, current),
         guard_trigger=TriggerView("clients", "dualwrite_stale_guard", "A"),
     )
@@ -211,31 +227,43 @@ FORWARD_FAILURES: list[tuple[Phase, str, dict[str, Any], list[str]]] = [
     (
         BF,
         "verification_passed",
-        {"last_verification": VerificationView(VERIFIED, False, 0, 0, 0, BF)},
+        {"last_verification": verification(full=False)},
         ["no full verification"],
     ),
     (
         BF,
         "verification_passed",
-        {"last_verification": VerificationView(BACKFILL_DONE, True, 0, 0, 0, BF)},
-        ["is not after the backfill finished", ts(BACKFILL_DONE)],
+        {"last_verification": verification(started=BACKFILL_DONE, finished=BACKFILL_DONE)},
+        [f"started at {ts(BACKFILL_DONE)}, not after the backfill finished"],
+    ),
+    (  # started while the backfill still ran, finished after it: does not count
+        BF,
+        "verification_passed",
+        {"last_verification": verification(started=BACKFILL_DONE - timedelta(seconds=1))},
+        ["not after the backfill finished", ts(BACKFILL_DONE)],
     ),
     (
         BF,
         "verification_passed",
-        {"last_verification": VerificationView(VERIFIED, True, 2, 0, 0, BF)},
+        {"last_verification": verification(started=None)},
+        ["started at an unknown time, not after the backfill finished"],
+    ),
+    (
+        BF,
+        "verification_passed",
+        {"last_verification": verification(2, 0, 0)},
         ["2 mismatches, 0 missing, 0 undecryptable"],
     ),
     (
         BF,
         "verification_passed",
-        {"last_verification": VerificationView(VERIFIED, True, 0, 4, 0, BF)},
+        {"last_verification": verification(0, 4, 0)},
         ["0 mismatches, 4 missing, 0 undecryptable"],
     ),
     (
         BF,
         "verification_passed",
-        {"last_verification": VerificationView(VERIFIED, True, 0, 0, 1, BF)},
+        {"last_verification": verification(0, 0, 1)},
         ["0 mismatches, 0 missing, 1 undecryptable"],
     ),
     (BF, "latency_gate_passed", {"last_gate": None}, ["no latency gate has run in backfill"]),
@@ -380,8 +408,8 @@ def test_passing_reasons_are_informative() -> None:
 BACKWARD_GUARDS = {
     (DW, P): ["plaintext_complete", "fleet_writes_plaintext"],
     (BF, DW): ["plaintext_complete", "fleet_writes_plaintext"],
-    (RS, BF): ["plaintext_complete", "fleet_writes_plaintext"],
-    (C, RS): ["plaintext_complete", "fleet_observed_contract"],
+    (RS, BF): ["plaintext_complete", "plaintext_verified", "fleet_writes_plaintext"],
+    (C, RS): ["plaintext_columns_present", "fleet_observed_contract"],
     (F, C): ["plaintext_columns_present"],
 }
 
@@ -394,7 +422,9 @@ def test_backward_move_allowed_when_plaintext_complete(current: Phase, target: P
     assert decision.allowed, decision.failures
 
 
-@pytest.mark.parametrize(("current", "target"), [m for m in BACKWARD_GUARDS if m != (F, C)])
+@pytest.mark.parametrize(
+    ("current", "target"), [m for m in BACKWARD_GUARDS if m not in ((F, C), (C, RS))]
+)
 def test_backward_move_refused_when_plaintext_incomplete(current: Phase, target: Phase) -> None:
     decision = evaluate(current, target, good_facts(current, rows_ciphertext_without_plaintext=5))
     assert [g.name for g in decision.failures] == ["plaintext_complete"]
@@ -409,9 +439,7 @@ def test_rollback_is_not_blocked_by_forward_facts() -> None:
         shadow_mismatches_since_switch=9,
         fallbacks_since_switch=9,
         last_gate=None,
-        last_verification=None,
         rows_missing_ciphertext=9,
-        phase_changed_at=NOW,
     )
     assert evaluate(RS, BF, bad).allowed
 
@@ -421,7 +449,7 @@ def test_finalized_to_contract_needs_the_plaintext_columns_back() -> None:
     decision = evaluate(F, C, facts)
     assert [g.name for g in decision.failures] == ["plaintext_columns_present"]
     assert "Alembic downgrade" in decision.failures[0].reason
-    # contract does not need complete plaintext (decrypt runs there), so NULL plaintext is fine
+    # contract reads ciphertext and does not need complete plaintext: NULL plaintext is fine
     assert evaluate(F, C, good_facts(F, rows_ciphertext_without_plaintext=5)).allowed
 
 
@@ -450,6 +478,127 @@ def test_read_switch_to_backfill_waits_for_instances_that_still_null_plaintext()
     # a lagging instance that still writes plaintext (backfill) does not block a rollback
     behind = lagger(RS, phase=BF, version=4)
     assert evaluate(RS, BF, good_facts(RS, instances=fleet(RS, behind))).allowed
+
+
+# --- the rollback rule (DESIGN §5, "Rollback") ----------------------------------------------
+
+DECRYPTED = NOW - timedelta(minutes=30)  # the last decrypt pass finished
+SECOND = timedelta(seconds=1)
+
+
+def failures_of(decision: Decision) -> list[str]:
+    return [g.name for g in decision.failures]
+
+
+def verified_reason(decision: Decision) -> str:
+    return next(g.reason for g in decision.guards if g.name == "plaintext_verified")
+
+
+def test_contract_to_read_switch_needs_the_columns_not_complete_plaintext() -> None:
+    # reads stay on ciphertext: NULL plaintext and no verification do not block the move
+    facts = good_facts(C, rows_ciphertext_without_plaintext=40, last_verification=None)
+    assert evaluate(C, RS, facts).allowed
+    decision = evaluate(C, RS, replace(facts, plaintext_columns_present=False))
+    assert failures_of(decision) == ["plaintext_columns_present"]
+
+
+def test_back_to_plaintext_reads_needs_a_verification_started_after_the_last_decrypt() -> None:
+    # the default verification started 45 minutes ago, the decrypt finished 30 minutes ago
+    decision = evaluate(RS, BF, good_facts(RS, decrypt_finished_at=DECRYPTED))
+    assert failures_of(decision) == ["plaintext_verified"]
+    assert verified_reason(decision) == (
+        f"the last full verification started at {ts(VERIFY_STARTED)}, not after the last "
+        f"decrypt pass finished ({ts(DECRYPTED)}): run `dualwrite verify --full` again"
+    )
+    # started while the decrypt still ran, finished after it: does not count
+    during = verification(started=DECRYPTED - SECOND, finished=NOW)
+    facts = good_facts(RS, decrypt_finished_at=DECRYPTED, last_verification=during)
+    assert failures_of(evaluate(RS, BF, facts)) == ["plaintext_verified"]
+    after = replace(facts, last_verification=verification(started=DECRYPTED + SECOND))
+    decision = evaluate(RS, BF, after)
+    assert decision.allowed, decision.failures
+    assert verified_reason(decision) == (
+        f"the last full verification ({ts(DECRYPTED + SECOND)}, after the last decrypt pass "
+        "finished): 0 mismatches, 0 missing, 0 undecryptable"
+    )
+
+
+def test_back_to_plaintext_reads_needs_a_verification_started_after_the_fleet_observed() -> None:
+    observed = NOW - timedelta(minutes=20)  # api-2 reported read_switch only then
+    late = replace(inst("api-2", phase=RS, host="h2", pid=12), observed_at=observed)
+    facts = good_facts(RS, instances=(inst("api-1", phase=RS), late))
+    decision = evaluate(RS, BF, facts)
+    assert failures_of(decision) == ["plaintext_verified"]
+    assert f"not after the fleet observed the current phase ({ts(observed)})" in (
+        verified_reason(decision)
+    )
+    fresh = verification(started=observed + SECOND, finished=NOW)
+    assert evaluate(RS, BF, replace(facts, last_verification=fresh)).allowed
+    # an instance that stopped heartbeating does not hold the anchor back
+    gone = replace(late, last_seen=NOW - timedelta(minutes=10))
+    assert evaluate(RS, BF, replace(facts, instances=(inst("api-1", phase=RS), gone))).allowed
+
+
+def test_without_live_instances_the_anchor_is_the_phase_change() -> None:
+    entered = NOW - timedelta(minutes=10)
+    decision = evaluate(RS, BF, good_facts(RS, instances=(), phase_changed_at=entered))
+    assert failures_of(decision) == ["plaintext_verified"]
+    assert f"not after the fleet observed the current phase ({ts(entered)})" in (
+        verified_reason(decision)
+    )
+
+
+@pytest.mark.parametrize(
+    ("found", "fragment"),
+    [
+        (None, "no full verification has run"),
+        (verification(full=False), "no full verification has run"),
+        (verification(started=None), "started at an unknown time"),
+        (verification(1, 0, 0), "1 mismatches, 0 missing, 0 undecryptable: run `dualwrite verify"),
+        (verification(0, 0, 3), "0 mismatches, 0 missing, 3 undecryptable"),
+    ],
+)
+def test_back_to_plaintext_reads_needs_a_clean_full_verification(
+    found: VerificationView | None, fragment: str
+) -> None:
+    decision = evaluate(RS, BF, good_facts(RS, last_verification=found))
+    assert failures_of(decision) == ["plaintext_verified"]
+    assert fragment in verified_reason(decision)
+
+
+def test_back_to_plaintext_reads_accepts_missing_ciphertext() -> None:
+    # a plaintext-only writer made the guard clear those ciphertexts: the plaintext is newer
+    decision = evaluate(RS, BF, good_facts(RS, last_verification=verification(0, 2, 0)))
+    assert decision.allowed, decision.failures
+    assert verified_reason(decision).endswith("0 mismatches, 2 missing, 0 undecryptable")
+
+
+def test_back_to_plaintext_reads_waits_for_an_unfinished_decrypt() -> None:
+    fresh = verification(started=NOW - SECOND, finished=NOW)
+    facts = good_facts(RS, decrypt_unfinished=True, last_verification=fresh)
+    decision = evaluate(RS, BF, facts)
+    assert failures_of(decision) == ["plaintext_verified"]
+    assert verified_reason(decision).startswith("a decrypt pass has not finished")
+
+
+@pytest.mark.parametrize(("current", "target"), [(BF, DW), (DW, P)])
+def test_moves_between_plaintext_reading_phases_need_no_verification(
+    current: Phase, target: Phase
+) -> None:
+    facts = good_facts(current, last_verification=None, decrypt_finished_at=NOW)
+    assert evaluate(current, target, facts).allowed
+
+
+@pytest.mark.parametrize("phase", [C, F])
+def test_decrypt_is_refused_outside_read_switch_in_one_line(phase: Phase) -> None:
+    with pytest.raises(ModeNotAllowedError) as info:
+        require_backfill_mode(phase, M.DECRYPT)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"backfill mode 'decrypt' is not allowed in phase '{phase}'")
+    assert message.endswith("decrypt runs in read_switch, once every instance writes plaintext "
+                            "again (move back to read_switch first)")  # fmt: skip
+    require_backfill_mode(RS, M.DECRYPT)
 
 
 # --- illegal moves ------------------------------------------------------------------------------
@@ -594,9 +743,9 @@ EXPECTED_ROWS: dict[Phase, tuple[Any, ...]] = {
     P: (T, _, T, _, "plaintext", _, _, set(), T),
     DW: (T, _, T, T, "plaintext", _, _, set(), T),
     BF: (T, _, T, T, "plaintext", T, _, {M.ENCRYPT, M.REKEY}, T),
-    RS: (T, _, T, T, "ciphertext", T, T, {M.ENCRYPT, M.REKEY}, T),
-    C: (_, T, T, T, "ciphertext", _, T, {M.PURGE, M.DECRYPT, M.REKEY}, _),
-    F: (_, _, _, T, "ciphertext", _, _, {M.REKEY, M.DECRYPT}, _),
+    RS: (T, _, T, T, "ciphertext", T, T, {M.ENCRYPT, M.REKEY, M.DECRYPT}, _),
+    C: (_, T, T, T, "ciphertext", _, T, {M.PURGE, M.REKEY}, _),
+    F: (_, _, _, T, "ciphertext", _, _, {M.REKEY}, _),
 }
 
 
@@ -658,10 +807,10 @@ def test_behaviour_describe_is_json_friendly() -> None:
         "reads_from": "ciphertext",
         "shadow_compare": True,
         "fallback_to_plaintext": True,
-        "backfill_modes": ["encrypt", "rekey"],
-        "requires_plaintext_complete": True,
+        "backfill_modes": ["encrypt", "decrypt", "rekey"],
+        "requires_plaintext_complete": False,
     }
-    assert behaviour(F).describe()["backfill_modes"] == ["decrypt", "rekey"]
+    assert behaviour(F).describe()["backfill_modes"] == ["rekey"]
 
 
 # --- backfill modes -----------------------------------------------------------------------------
@@ -670,9 +819,9 @@ ALLOWED_MODES = {
     P: set(),
     DW: set(),
     BF: {M.ENCRYPT, M.REKEY},
-    RS: {M.ENCRYPT, M.REKEY},
-    C: {M.PURGE, M.DECRYPT, M.REKEY},
-    F: {M.REKEY, M.DECRYPT},
+    RS: {M.ENCRYPT, M.REKEY, M.DECRYPT},
+    C: {M.PURGE, M.REKEY},
+    F: {M.REKEY},
 }
 
 

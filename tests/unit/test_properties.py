@@ -334,8 +334,9 @@ def _coherent(b: Behaviour) -> bool:
         or (b.reads_from is ReadSource.CIPHERTEXT and b.plaintext_column_exists),
         BackfillMode.ENCRYPT not in modes or (b.writes_ciphertext and b.writes_plaintext),
         BackfillMode.PURGE not in modes or (not b.writes_plaintext and b.plaintext_column_exists),
-        BackfillMode.DECRYPT not in modes or b.reads_from is ReadSource.CIPHERTEXT,
-        b.requires_plaintext_complete == b.writes_plaintext,
+        BackfillMode.DECRYPT not in modes
+        or (b.reads_from is ReadSource.CIPHERTEXT and b.writes_plaintext),
+        b.requires_plaintext_complete == (b.reads_from is ReadSource.PLAINTEXT),
     ))  # fmt: skip
 
 

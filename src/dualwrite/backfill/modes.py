@@ -148,6 +148,8 @@ class Strategy:
     """Changes plaintext on purpose: the stale guard must keep the ciphertext."""
     needs_blind_index: ClassVar[bool] = False
     needs_plaintext_columns: ClassVar[bool] = True
+    exact_predicate: ClassVar[bool] = True
+    """Every row :meth:`predicate` matches needs a write (off: it may match rows that do not)."""
 
     def predicate(self, spec: MigrationSpec, current_version: str) -> str:
         raise NotImplementedError
@@ -203,33 +205,41 @@ class Encrypt(Strategy):
 
 
 class Decrypt(Strategy):
-    """The plaintext restored from the ciphertext where the plaintext is NULL."""
+    """The plaintext set to the decrypted ciphertext wherever the two differ (DESIGN §5,
+    "Rollback": the ciphertext is authoritative for the rows it covers), a NULL plaintext and a
+    stale one alike; a row without ciphertext keeps its plaintext.
+
+    Which plaintexts are stale only shows after decrypting, so the claim takes every row with a
+    ciphertext (:attr:`exact_predicate` is off: the count over-states what is left, and a run
+    ends after a pass from the start that had nothing to write).
+    """
 
     mode = BackfillMode.DECRYPT
     keeps_ciphertext = True
+    exact_predicate = False
 
     def predicate(self, spec: MigrationSpec, current_version: str) -> str:
-        return schema_sql.plaintext_incomplete_predicate(spec)
+        return schema_sql.ciphertext_present_predicate(spec)
 
     def reads(self, f: FieldSpec) -> tuple[str, ...]:
-        return (_q(f.ciphertext_column), _is_null(f.plaintext_column))
+        return (_q(f.ciphertext_column), _q(f.plaintext_column))
 
     def writes(self, f: FieldSpec) -> tuple[Output, ...]:
         cast = "" if f.value_type.plain else f"::{f.value_type.array_type}"  # typed: from text
-        return (Output(f.plaintext_column, "p", "text", "COALESCE({t}, {v}" + cast + ")"),)
+        return (Output(f.plaintext_column, "p", "text", "COALESCE({v}" + cast + ", {t})"),)
 
     def transform(
         self, codec: RowCodec, f: FieldSpec, cols: Sequence[Column], rks: list[str],
         failed: list[bool],
     ) -> list[Column]:  # fmt: skip
-        cts, pt_missing = cols
+        cts, pts = cols
         dec, table, name = _safe(codec.cipher.decrypt), codec.spec.aad_table, f.name
         col = [
-            dec(c, table=table, column=name, row_key=rk) if m and c is not None else None
-            for c, m, rk in zip(cts, pt_missing, rks, strict=True)
+            dec(c, table=table, column=name, row_key=rk) if c is not None else None
+            for c, rk in zip(cts, rks, strict=True)
         ]
         _failures(col, failed)
-        return [col]
+        return [[None if v == p else v for v, p in zip(col, pts, strict=True)]]
 
 
 class Rekey(Strategy):

@@ -268,7 +268,10 @@ class Backfiller:
                     # locked are still there (counted): they get another sweep.
                     left = int(await control.fetchval(sql.count_remaining()))
                     self._remaining, counted = left, True
-                    if left == 0 or (written == 0 and left <= stuck):
+                    # a mode whose predicate over-matches (decrypt) is done once such a pass
+                    # had nothing to write
+                    exact = sql.strategy.exact_predicate
+                    if left == 0 or (written == 0 and (left <= stuck or not exact)):
                         await self._finish(control, pos, left)
                         if self.options.once or await self._watch(control, stuck):
                             return

@@ -4,8 +4,9 @@
     $ dualwrite backfill --migration clients_pii --mode encrypt --workers 2 --metrics-port 9200
     $ dualwrite backfill --migration clients_pii --mode purge --dry-run
 
-Refusals (unknown migration, a phase that does not allow the mode, missing keys) print one
-line and exit 1 before any row is touched. SIGTERM / SIGINT finish the batches in flight,
+Refusals (unknown migration, a phase that does not allow the mode, missing keys, a decrypt
+in ``read_switch`` before every live instance observed it) print one line and exit 1 before any
+row is touched. SIGTERM / SIGINT finish the batches in flight,
 checkpoint and exit 0; the next start resumes from the checkpoint. ``--workers N`` starts N
 worker processes (shards 0..N-1) that split the work with ``SKIP LOCKED`` claims; with
 ``--metrics-port`` the parent serves the totals of all of them (Prometheus multiprocess mode).

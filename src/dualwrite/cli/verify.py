@@ -5,8 +5,10 @@
     $ dualwrite verify --migration clients_pii --full --repair
 
 Prints the verification report (counts per field, key version prefixes, binary storage; never
-a value) and records it for the ``read_switch`` guard. Exit status 1 when any problem is found
-(missing, mismatched or undecryptable), 0 otherwise.
+a value) and records it for the guards. ``--repair`` rebuilds the side the phase does not read
+from the side it reads (ciphertext from plaintext up to ``backfill``, plaintext from ciphertext
+from ``read_switch`` on) and prints which. Exit status 1 when any problem is found (missing,
+mismatched or undecryptable), 0 otherwise.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ def verify(
     full: Annotated[bool, typer.Option("--full", help="check every row")] = False,
     sample: Annotated[int | None, typer.Option(min=1, help="check N random rows")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object")] = False,
-    repair: Annotated[bool, typer.Option("--repair", help="re-encrypt bad rows")] = False,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="rebuild the side not read from the side read")
+    ] = False,
 ) -> None:
     """Verify ciphertexts against plaintext; record the result; exit 1 on any problem."""
     if full == (sample is not None):

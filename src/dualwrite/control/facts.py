@@ -57,4 +57,6 @@ async def gather_facts(
         soak_seconds=settings.soak_seconds,
         require_latency_gate=settings.require_latency_gate,
         guard_trigger=await inspector.guard_trigger(conn, spec),
+        decrypt_finished_at=await checkpoints.last_finished_at(conn, state.name, "decrypt"),
+        decrypt_unfinished=await checkpoints.unfinished_runs(conn, state.name, "decrypt") > 0,
     )

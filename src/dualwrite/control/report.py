@@ -125,6 +125,7 @@ def _verification(v: VerificationView | None) -> dict[str, Any] | None:
     if v is None:
         return None
     return {
+        "started_at": _ts(v.started_at),
         "finished_at": _ts(v.finished_at),
         "full": v.full,
         "phase": v.phase.value,

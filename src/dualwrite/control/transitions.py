@@ -35,7 +35,8 @@ Rules (the admin API and ``dualwrite phase set`` share them, because both call t
 * **Schema.** ``contract -> finalized`` goes through :func:`finalize`, which applies the
   contract Alembic revision (drops the plaintext columns) after its guards pass.
   ``finalized -> contract`` first runs that revision's downgrade (re-adds the plaintext columns,
-  nullable), then moves the phase; ``dualwrite backfill --mode decrypt`` restores the values.
+  nullable), then moves the phase; after ``contract -> read_switch`` (reads stay on
+  ciphertext), ``dualwrite backfill --mode decrypt`` restores the values.
 """
 
 from __future__ import annotations

@@ -29,25 +29,37 @@ Choices made here (DESIGN.md §5 is silent on them):
   ciphertext went missing (a legacy writer, caught by the stale-ciphertext trigger) is better
   served from plaintext (and counted) than as NULL. ``contract`` has no ``encrypt`` mode: purge
   encrypts a row before it NULLs its plaintext. It has no shadow compare: plaintext is being purged.
-* ``finalized`` allows ``decrypt`` besides ``rekey``: rolling back ``finalized`` is the contract
-  revision's Alembic downgrade (which re-adds nullable plaintext columns) followed by
-  ``dualwrite backfill --mode decrypt``; the backfiller checks the columns exist.
+* ``decrypt`` runs only in ``read_switch`` (DESIGN §5, "Rollback"): there every instance writes
+  plaintext again, so the restore converges under traffic; in ``contract`` or ``finalized`` an
+  instance writes ciphertext only, so a restored plaintext would go stale at once. Rolling back
+  ``finalized`` is the contract revision's Alembic downgrade (which re-adds nullable plaintext
+  columns), ``finalized -> contract``, ``contract -> read_switch``, then ``dualwrite backfill
+  --mode decrypt``; the backfiller checks the columns exist.
 * ``finalized -> contract`` is a legal backward move, guarded by ``plaintext_columns_present``
   (so: downgrade first). Every other move out of ``finalized`` is refused.
 * Backward moves, like forward ones, go one step at a time. Their guards follow from the table
-  (into a phase that keeps plaintext: ``plaintext_complete``; out of a phase without plaintext
-  columns: ``plaintext_columns_present``; out of one that NULLs plaintext: every live instance
-  observed it; out of one that writes plaintext: no live instance still runs a phase that does
-  not, which is DESIGN's "re-checked once every instance has stopped writing NULL plaintext"):
+  (out of a phase without plaintext columns or one that does not write plaintext:
+  ``plaintext_columns_present``; into a phase that reads plaintext: ``plaintext_complete``; from
+  reading ciphertext to reading plaintext: ``plaintext_verified``, a full verification with 0
+  mismatches and 0 undecryptable rows (missing ciphertexts are fine: the plaintext is newer
+  there) that started after the fleet observed the current phase and after the last decrypt
+  pass; out of one that NULLs plaintext: every live instance observed it; out of one that writes
+  plaintext: no live instance still runs a phase that does not, which is DESIGN's "re-checked
+  once every instance has stopped writing NULL plaintext"):
 
   - ``finalized -> contract``: ``plaintext_columns_present``
-  - ``contract -> read_switch``: ``plaintext_complete``, ``fleet_observed_contract``
-  - ``read_switch -> backfill``, ``backfill -> dual_write``, ``dual_write -> plaintext``:
-    ``plaintext_complete``, ``fleet_writes_plaintext``
+  - ``contract -> read_switch``: ``plaintext_columns_present``, ``fleet_observed_contract``
+    (reads stay on ciphertext: no complete plaintext needed yet)
+  - ``read_switch -> backfill``: ``plaintext_complete``, ``plaintext_verified``,
+    ``fleet_writes_plaintext``
+  - ``backfill -> dual_write``, ``dual_write -> plaintext``: ``plaintext_complete``,
+    ``fleet_writes_plaintext``
 * "Instance observed phase X" means its ``observed_version >= facts.state_version``: it has read
   this very state row version. A fleet guard passes when no instance is live.
-* "After" is strict: a verification must finish after ``backfill_finished_at``, a latency gate
-  after ``phase_changed_at``. Liveness is inclusive: ``now - last_seen <= 3 * poll_interval``.
+* "After" is strict and counts from a verification's *start*: it must start after
+  ``backfill_finished_at`` (forward) or after the fleet observed the phase and the last decrypt
+  pass (backward); a latency gate must finish after ``phase_changed_at``.
+  Liveness is inclusive: ``now - last_seen <= 3 * poll_interval``.
 * :meth:`Phase.parse` accepts any case and ``-`` for ``_``; :meth:`BackfillMode.parse` raises a
   plain :class:`ValueError` (not a ``DualwriteError``) for an unknown mode name.
 """

@@ -56,6 +56,7 @@ class VerificationView:
     missing: int
     undecryptable: int
     phase: Phase
+    started_at: datetime | None = None  # when the run began (None: unknown, never "after")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +103,8 @@ class Facts:
     soak_seconds: float = 300.0
     require_latency_gate: bool = True
     guard_trigger: TriggerView | None = None  # None: not inspected (the guard fails)
+    decrypt_finished_at: datetime | None = None  # last decrypt pass that found nothing left
+    decrypt_unfinished: bool = False  # a decrypt run committed batches but has not finished
 
 
 def live_instances(facts: Facts) -> tuple[InstanceView, ...]:

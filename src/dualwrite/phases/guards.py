@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from dualwrite.errors import GuardsFailedError
-from dualwrite.phases.facts import Facts, InstanceView, live_instances
+from dualwrite.phases.facts import Facts, InstanceView, VerificationView, live_instances
 from dualwrite.phases.model import Direction, Phase
 
 Guard = Callable[[Facts], "GuardResult"]
@@ -200,23 +200,80 @@ def coverage_complete(f: Facts) -> GuardResult:
     )
 
 
+def _counts(v: VerificationView) -> tuple[bool, str]:
+    counts = f"{v.mismatches} mismatches, {v.missing} missing, {v.undecryptable} undecryptable"
+    return v.mismatches == v.missing == v.undecryptable == 0, counts
+
+
 def verification_passed(f: Facts) -> GuardResult:
-    """A full verification finished after the backfill did and found nothing wrong."""
+    """A full verification *started* after the backfill finished and found nothing wrong (one
+    that started while the backfill still ran does not count: it may have read rows first)."""
     v, done, name = f.last_verification, f.backfill_finished_at, "verification_passed"
     if done is None:
         return GuardResult(name, False, "the backfill has not finished (no encrypt run ended)")
     if v is None or not v.full:
         return GuardResult(name, False, "no full verification has run: run `dualwrite verify`")
-    if v.finished_at <= done:
+    if v.started_at is None or v.started_at <= done:
+        began = "an unknown time" if v.started_at is None else _ts(v.started_at)
         return GuardResult(
             name,
             False,
-            f"the last full verification ({_ts(v.finished_at)}) is not after the backfill "
-            f"finished ({_ts(done)}): run `dualwrite verify` again",
+            f"the last full verification started at {began}, not after the backfill "
+            f"finished ({_ts(done)}): run `dualwrite verify --full` again",
         )
-    counts = f"{v.mismatches} mismatches, {v.missing} missing, {v.undecryptable} undecryptable"
-    ok = v.mismatches == v.missing == v.undecryptable == 0
-    return GuardResult(name, ok, f"the last full verification ({_ts(v.finished_at)}): {counts}")
+    ok, counts = _counts(v)
+    return GuardResult(name, ok, f"the last full verification ({_ts(v.started_at)}): {counts}")
+
+
+def fleet_observed_at(f: Facts) -> datetime:
+    """When the fleet observed the current phase: the latest ``observed_at`` among the live
+    instances at the current version, never before the phase was entered (no live instance:
+    ``phase_changed_at``)."""
+    seen = [
+        i.observed_at
+        for i in live_instances(f)
+        if i.observed_at is not None
+        and i.observed_version is not None
+        and i.observed_version >= f.state_version
+    ]
+    return max([f.phase_changed_at, *seen])
+
+
+def plaintext_verified(f: Facts) -> GuardResult:
+    """``plaintext_verified``: before reads go back to plaintext, a full verification with 0
+    mismatches and 0 undecryptable rows started after the fleet observed the current phase
+    (every writer writes plaintext again) and after the last decrypt pass finished (DESIGN §5,
+    "Rollback"). Missing ciphertexts do not count: the stale guard clears a ciphertext when a
+    writer changes the plaintext alone, so there the plaintext is the newer value."""
+    name, v = "plaintext_verified", f.last_verification
+    if f.decrypt_unfinished:
+        return GuardResult(
+            name,
+            False,
+            "a decrypt pass has not finished: run `dualwrite backfill --mode decrypt --once` "
+            "to the end",
+        )
+    after, what = fleet_observed_at(f), "the fleet observed the current phase"
+    if f.decrypt_finished_at is not None and f.decrypt_finished_at > after:
+        after, what = f.decrypt_finished_at, "the last decrypt pass finished"
+    if v is None or not v.full:
+        return GuardResult(
+            name, False, "no full verification has run: run `dualwrite verify --full`"
+        )
+    if v.started_at is None or v.started_at <= after:
+        began = "an unknown time" if v.started_at is None else _ts(v.started_at)
+        return GuardResult(
+            name,
+            False,
+            f"the last full verification started at {began}, not after {what} "
+            f"({_ts(after)}): run `dualwrite verify --full` again",
+        )
+    # a missing ciphertext is fine here: reads go back to the plaintext it was cleared for
+    ok, counts = v.mismatches == v.undecryptable == 0, _counts(v)[1]
+    fix = "" if ok else ": run `dualwrite verify --full --repair`, then verify again"
+    return GuardResult(
+        name, ok, f"the last full verification ({_ts(v.started_at)}, after {what}): {counts}{fix}"
+    )
 
 
 def latency_gate_passed(phase: Phase) -> Guard:

@@ -118,8 +118,8 @@ class Direction(StrEnum):
 class Behaviour:
     """What one phase means for writes, reads and the backfiller (a row of DESIGN §5's table).
 
-    >>> behaviour(Phase.CONTRACT).describe()["backfill_modes"]
-    ['decrypt', 'rekey', 'purge']
+    >>> behaviour(Phase.READ_SWITCH).describe()["backfill_modes"]
+    ['encrypt', 'decrypt', 'rekey']
     """
 
     phase: Phase
@@ -131,7 +131,7 @@ class Behaviour:
     shadow_compare: bool  # a sample of reads also checks the other source
     fallback_to_plaintext: bool  # missing ciphertext -> serve plaintext, counted
     backfill_modes: frozenset[BackfillMode]
-    requires_plaintext_complete: bool  # reads or keeps plaintext: no ciphertext without it
+    requires_plaintext_complete: bool  # reads plaintext: no ciphertext without current plaintext
 
     def describe(self) -> dict[str, object]:
         """A JSON-friendly summary (for the admin API); modes in their canonical order."""
@@ -164,7 +164,7 @@ def _row(
     pt_column: bool = True,
 ) -> tuple[Phase, Behaviour]:
     """One row of the table: a phase that keeps its plaintext column but no longer writes
-    plaintext writes NULL into it; a phase requires complete plaintext iff it still writes it."""
+    plaintext writes NULL into it; a phase requires complete plaintext iff it reads it."""
     return phase, Behaviour(
         phase=phase,
         writes_plaintext=writes_pt,
@@ -175,7 +175,7 @@ def _row(
         shadow_compare=shadow,
         fallback_to_plaintext=fallback,
         backfill_modes=modes,
-        requires_plaintext_complete=writes_pt,
+        requires_plaintext_complete=reads is ReadSource.PLAINTEXT,
     )
 
 
@@ -199,17 +199,17 @@ BEHAVIOURS: Mapping[Phase, Behaviour] = MappingProxyType(
             _row(
                 Phase.READ_SWITCH,
                 writes_pt=True, writes_ct=True, reads=ReadSource.CIPHERTEXT, shadow=True,
-                fallback=True, modes=frozenset({_M.ENCRYPT, _M.REKEY}),
+                fallback=True, modes=frozenset({_M.ENCRYPT, _M.REKEY, _M.DECRYPT}),
             ),
             _row(
                 Phase.CONTRACT,
                 writes_pt=False, writes_ct=True, reads=ReadSource.CIPHERTEXT, fallback=True,
-                modes=frozenset({_M.PURGE, _M.DECRYPT, _M.REKEY}),
+                modes=frozenset({_M.PURGE, _M.REKEY}),
             ),
             _row(
                 Phase.FINALIZED,
                 writes_pt=False, writes_ct=True, reads=ReadSource.CIPHERTEXT, pt_column=False,
-                modes=frozenset({_M.REKEY, _M.DECRYPT}),
+                modes=frozenset({_M.REKEY}),
             ),
         ]
     )
@@ -238,12 +238,24 @@ def require_backfill_mode(phase: Phase | str, mode: BackfillMode | str) -> None:
     ...
     dualwrite.errors.ModeNotAllowedError: backfill mode 'purge' is not allowed in phase \
 'backfill' (allowed: encrypt, rekey)
+    >>> require_backfill_mode("contract", "decrypt")
+    Traceback (most recent call last):
+    ...
+    dualwrite.errors.ModeNotAllowedError: backfill mode 'decrypt' is not allowed in phase \
+'contract' (allowed: rekey, purge): decrypt runs in read_switch, once every instance writes \
+plaintext again (move back to read_switch first)
     """
     b, m = behaviour(phase), BackfillMode.parse(mode)
     if m not in b.backfill_modes:
         allowed = ", ".join(x.value for x in BackfillMode if x in b.backfill_modes) or "none"
+        hint = ""
+        if m is BackfillMode.DECRYPT and b.phase.index > Phase.READ_SWITCH.index:
+            hint = (
+                ": decrypt runs in read_switch, once every instance writes plaintext again "
+                "(move back to read_switch first)"
+            )
         raise ModeNotAllowedError(
-            f"backfill mode '{m}' is not allowed in phase '{b.phase}' (allowed: {allowed})"
+            f"backfill mode '{m}' is not allowed in phase '{b.phase}' (allowed: {allowed}){hint}"
         )
 
 
@@ -264,7 +276,7 @@ def previous_phase(phase: Phase | str) -> Phase | None:
 
 _FINALIZED_ROLLBACK = (
     "finalized is rolled back by the contract revision's Alembic downgrade, a move back to "
-    "contract, then `dualwrite backfill --mode decrypt`"
+    "contract, then to read_switch, then `dualwrite backfill --mode decrypt`"
 )
 
 

@@ -36,11 +36,12 @@ from dualwrite.phases.guards import (
     plaintext_columns_present,
     plaintext_complete,
     plaintext_purged,
+    plaintext_verified,
     schema_expanded,
     soak_time,
     verification_passed,
 )
-from dualwrite.phases.model import BEHAVIOURS, Direction, Phase, classify_move
+from dualwrite.phases.model import BEHAVIOURS, Direction, Phase, ReadSource, classify_move
 
 __all__ = ["FORWARD_GUARDS", "evaluate", "guards_for"]
 
@@ -86,13 +87,23 @@ trigger stops the migration, whatever phase it is in."""
 
 
 def _backward(current: Phase, target: Phase) -> tuple[Guard, ...]:
-    """Guards of a backward move, derived from the behaviour table (see the module docstring)."""
+    """Guards of a backward move, derived from the behaviour table (see :mod:`dualwrite.phases`):
+
+    * out of a phase without plaintext columns, or one that does not write plaintext:
+      ``plaintext_columns_present`` (the next phase writes plaintext into them);
+    * into a phase that reads plaintext: ``plaintext_complete``;
+    * from reading ciphertext to reading plaintext: ``plaintext_verified``;
+    * out of a phase that NULLs plaintext: every live instance observed it;
+    * out of a phase that writes plaintext: no live instance still runs one that does not.
+    """
     cur, tgt = BEHAVIOURS[current], BEHAVIOURS[target]
     guards: list[Guard] = []
-    if not cur.plaintext_column_exists:
+    if not cur.plaintext_column_exists or not cur.writes_plaintext:
         guards.append(plaintext_columns_present)
     if tgt.requires_plaintext_complete:
         guards.append(plaintext_complete)
+    if cur.reads_from is ReadSource.CIPHERTEXT and tgt.reads_from is ReadSource.PLAINTEXT:
+        guards.append(plaintext_verified)
     if cur.nulls_plaintext:
         guards.append(fleet_observed(current))
     if cur.writes_plaintext:

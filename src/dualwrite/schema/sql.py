@@ -274,6 +274,11 @@ def plaintext_incomplete_predicate(spec: MigrationSpec) -> str:
     return "(" + " OR ".join(parts) + ")"
 
 
+def ciphertext_present_predicate(spec: MigrationSpec) -> str:
+    """Rows holding some ciphertext (what a decrypt pass checks against its plaintext)."""
+    return "(" + " OR ".join(f"{_q(f.ciphertext_column)} IS NOT NULL" for f in spec.fields) + ")"
+
+
 def plaintext_remaining_predicate(spec: MigrationSpec) -> str:
     """Rows still holding some plaintext (not yet purged)."""
     return "(" + " OR ".join(f"{_q(f.plaintext_column)} IS NOT NULL" for f in spec.fields) + ")"

@@ -28,9 +28,11 @@ __all__ = [
     "finish_run",
     "get_checkpoint",
     "last_backfill_finished_at",
+    "last_finished_at",
     "list_checkpoints",
     "save_checkpoint",
     "start_run",
+    "unfinished_runs",
 ]
 
 
@@ -74,7 +76,11 @@ _FINISH = (
     "excluded.updated_at, finished_at = excluded.finished_at"
 )  # fmt: skip
 _LAST_FINISHED = (
-    "SELECT max(finished_at) FROM dualwrite_checkpoints WHERE migration = $1 AND mode = 'encrypt'"
+    "SELECT max(finished_at) FROM dualwrite_checkpoints WHERE migration = $1 AND mode = $2"
+)
+_UNFINISHED = (
+    "SELECT count(*) FROM dualwrite_checkpoints WHERE migration = $1 AND mode = $2 AND "
+    "finished_at IS NULL"
 )
 
 
@@ -150,8 +156,21 @@ async def finish_run(conn: Any, cp: Checkpoint) -> None:
     )  # fmt: skip
 
 
-async def last_backfill_finished_at(conn: Any, migration: str) -> datetime | None:
-    """When an ``encrypt`` run last ended with nothing left to convert (the guard's fact)."""
-    rows = await _fetch(conn, _LAST_FINISHED, migration)
+async def last_finished_at(conn: Any, migration: str, mode: str) -> datetime | None:
+    """When a run of ``mode`` last ended with nothing left to convert (any shard)."""
+    rows = await _fetch(conn, _LAST_FINISHED, migration, mode)
     value = next(iter(rows[0].values())) if rows else None
     return value if isinstance(value, datetime) else None
+
+
+async def last_backfill_finished_at(conn: Any, migration: str) -> datetime | None:
+    """When an ``encrypt`` run last ended with nothing left to convert (the guard's fact)."""
+    return await last_finished_at(conn, migration, "encrypt")
+
+
+async def unfinished_runs(conn: Any, migration: str, mode: str) -> int:
+    """Shards of ``mode`` whose run has begun (or committed a batch since it last finished) and
+    not finished: a batch sets ``finished_at`` to NULL, only a pass that found nothing left
+    sets it again."""
+    rows = await _fetch(conn, _UNFINISHED, migration, mode)
+    return int(next(iter(rows[0].values()))) if rows else 0

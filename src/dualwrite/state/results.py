@@ -81,7 +81,8 @@ async def latest_verification(
     row = (
         await conn.execute(
             text(
-                "SELECT finished_at, full_scan, mismatched, missing, undecryptable, phase FROM "
+                "SELECT finished_at, full_scan, mismatched, missing, undecryptable, phase, "
+                "started_at FROM "
                 "dualwrite_verifications WHERE migration = :m AND (full_scan OR NOT :full_only) "
                 "ORDER BY finished_at DESC LIMIT 1"
             ),
@@ -97,6 +98,7 @@ async def latest_verification(
         missing=int(row.missing),
         undecryptable=int(row.undecryptable),
         phase=Phase(row.phase),
+        started_at=row.started_at,
     )
 
 

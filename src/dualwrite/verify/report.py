@@ -42,6 +42,8 @@ class VerificationReport:
     problem_keys: list[str] = field(default_factory=list)
     repaired: int = 0
     repair_conflicts: int = 0
+    repair_direction: str | None = None  # "ciphertext from plaintext" / "plaintext from ..."
+    repair_skipped: int = 0  # problem rows the direction has nothing to rebuild from
     seconds: float = 0.0
 
     @property
@@ -66,7 +68,8 @@ class VerificationReport:
             "plaintext_present": self.plaintext_present,
             "per_field": {k: v.as_dict() for k, v in self.per_field.items()},
             "problem_keys": self.problem_keys, "repaired": self.repaired,
-            "repair_conflicts": self.repair_conflicts, "seconds": round(self.seconds, 3),
+            "repair_conflicts": self.repair_conflicts, "repair_direction": self.repair_direction,
+            "repair_skipped": self.repair_skipped, "seconds": round(self.seconds, 3),
         }  # fmt: skip
 
     def render(self) -> str:
@@ -90,9 +93,12 @@ class VerificationReport:
             lines.append(
                 f"  {name:<26}{c.values:>9}{c.missing:>9}{c.mismatched:>12}{c.undecryptable:>15}"
             )
-        if self.repaired or self.repair_conflicts:
+        if self.repair_direction is not None:
+            lines.append(f"  repair:                  {self.repair_direction} (phase {self.phase} "
+                         f"reads the {self.repair_direction.split()[-1]})")  # fmt: skip
             lines.append(f"  repaired rows:           {self.repaired} "
-                         f"({self.repair_conflicts} changed meanwhile, left alone)")  # fmt: skip
+                         f"({self.repair_conflicts} changed meanwhile, left alone; "
+                         f"{self.repair_skipped} with nothing to rebuild from)")  # fmt: skip
         if self.ok:
             lines.append("  result: OK (0 problems)")
         else:

@@ -16,10 +16,13 @@ backfill finished, with 0 problems)::
     #   ...
     #   result: OK (0 problems)
 
-``repair=True`` re-encrypts, from the plaintext, the fields found missing, mismatched or
-undecryptable, with a compare-and-set on every plaintext column read (a row a live writer
-changed meanwhile is left alone and counted in ``repair_conflicts``). It is allowed only in a
-phase where the plaintext is authoritative (``behaviour(phase).writes_plaintext``). The recorded
+``repair=True`` rebuilds, for the rows found missing, mismatched or undecryptable, the side the
+phase does not read from the side it reads (DESIGN §5, "Repair direction";
+:func:`~dualwrite.verify.repair.repair_direction`): up to ``backfill`` the ciphertext from the
+plaintext (compare-and-set on every plaintext column read), from ``read_switch`` on the
+plaintext from the ciphertext (compare-and-set on every ciphertext column read; refused once the
+plaintext columns are gone). A row a live writer changed meanwhile is left alone and counted in
+``repair_conflicts``; a row with nothing to rebuild from in ``repair_skipped``. The recorded
 result is what the scan found; run the verifier again after a repair.
 """
 
@@ -35,12 +38,16 @@ from dualwrite.crypto import BlindIndex, FieldCipher
 from dualwrite.db import connect_raw
 from dualwrite.errors import PhaseError
 from dualwrite.metrics import Metrics
-from dualwrite.phases import behaviour
 from dualwrite.schema import inspector
 from dualwrite.spec import MigrationSpec
 from dualwrite.state import registry, results
 from dualwrite.verify.checks import RowChecker, ciphertext_types, scan_sql
-from dualwrite.verify.repair import repair_rows
+from dualwrite.verify.repair import (
+    RepairDirection,
+    repair_direction,
+    repair_plaintext_rows,
+    repair_rows,
+)
 from dualwrite.verify.report import MAX_PROBLEM_KEYS, FieldCounts, VerificationReport
 
 __all__ = ["verify"]
@@ -71,12 +78,14 @@ async def verify(
         plaintext = await inspector.plaintext_columns_present(conn, spec)
         started_at = await registry.database_now(conn)
         types = await inspector.column_types(conn, spec.sql_table)
-    if repair and (not behaviour(state.phase).writes_plaintext or not plaintext):
+    direction = repair_direction(state.phase)
+    if repair and not plaintext:
         raise PhaseError(
-            f"--repair re-encrypts from the plaintext, which is not authoritative in phase "
-            f"'{state.phase}': run the verifier without --repair"
+            f"--repair rebuilds the {direction.value.split()[0]}, but the plaintext columns of "
+            f"{spec.table} are gone in phase '{state.phase}': run the verifier without --repair"
         )
     report = VerificationReport(spec.name, spec.table, state.phase.value, full)
+    report.repair_direction = direction.value if repair else None
     report.plaintext_present = plaintext
     report.per_field = {f.name: FieldCounts() for f in spec.fields}
     report.column_types = ciphertext_types(spec, types)
@@ -152,9 +161,14 @@ def _check(checker: RowChecker, report: VerificationReport, rows: Any) -> list[A
 
 
 async def _repair(raw: Any, checker: RowChecker, report: VerificationReport, bad: Any) -> None:
-    fixed, conflicts = await repair_rows(raw, checker, bad)
+    skipped = 0
+    if report.repair_direction == RepairDirection.PLAINTEXT_FROM_CIPHERTEXT:
+        fixed, conflicts, skipped = await repair_plaintext_rows(raw, checker, bad)
+    else:
+        fixed, conflicts = await repair_rows(raw, checker, bad)
     report.repaired += fixed
     report.repair_conflicts += conflicts
+    report.repair_skipped += skipped
 
 
 def _export(metrics: Metrics, report: VerificationReport) -> None:
