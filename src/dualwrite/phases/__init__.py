@@ -47,12 +47,23 @@ Choices made here (DESIGN.md §5 is silent on them):
 * "Instance observed phase X" means its ``observed_version >= facts.state_version``: it has read
   this very state row version. A fleet guard passes when no instance is live.
 * "After" is strict: a verification must finish after ``backfill_finished_at``, a latency gate
-  after ``phase_changed_at``. Liveness is inclusive: ``now - last_seen <= 3 * poll_interval``.
+  after ``phase_changed_at``. Liveness follows each instance's own interval: live while
+  ``now - last_seen < 3 * its poll_interval``; a vanished instance blocks for its grace
+  (:func:`~dualwrite.phases.facts.grace_seconds`) unless forgotten.
 * :meth:`Phase.parse` accepts any case and ``-`` for ``_``; :meth:`BackfillMode.parse` raises a
   plain :class:`ValueError` (not a ``DualwriteError``) for an unknown mode name.
 """
 
-from dualwrite.phases.facts import Facts, GateView, InstanceView, VerificationView, live_instances
+from dualwrite.phases.facts import (
+    Facts,
+    GateView,
+    InstanceView,
+    VerificationView,
+    grace_seconds,
+    live_instances,
+    liveness_window_seconds,
+    vanished_instances,
+)
 from dualwrite.phases.guards import Decision, Guard, GuardResult
 from dualwrite.phases.model import (
     BEHAVIOURS,
@@ -89,7 +100,10 @@ __all__ = [
     "classify_move",
     "evaluate",
     "guards_for",
+    "grace_seconds",
     "live_instances",
+    "liveness_window_seconds",
+    "vanished_instances",
     "next_phase",
     "previous_phase",
     "require_backfill_mode",
