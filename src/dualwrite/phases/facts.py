@@ -8,7 +8,7 @@ instance that is no longer live but never deregistered is *vanished*: for a grac
 it may be cut off, not dead, and a write it began just before its fence closed may still run)
 it still counts for the fleet guards, until ``dualwrite fleet forget`` removes it.
 
->>> from datetime import UTC
+>>> from datetime import UTC, timedelta
 >>> t = datetime(2025, 1, 1, 12, tzinfo=UTC)
 >>> slow = InstanceView("api-9", None, None, frozenset(), t - timedelta(seconds=20),
 ...                     poll_interval_seconds=10.0, longest_request_seconds=1.5)
@@ -19,7 +19,7 @@ it still counts for the fleet guards, until ``dualwrite fleet forget`` removes i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from dualwrite.phases.model import Phase
 
