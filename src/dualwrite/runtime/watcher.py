@@ -152,10 +152,6 @@ class PhaseWatcher:
             self._serves.add(migration)
             self._beat.set()
 
-    def serves(self) -> frozenset[str] | None:
-        """The migrations this watcher heartbeats (``None``: every one)."""
-        return None if self._serves is None else frozenset(self._serves)
-
     # --- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
