@@ -70,6 +70,7 @@ from dualwrite.errors import (
 )
 from dualwrite.logs import RequestLog, log_keys, register_settings_secrets
 from dualwrite.metrics import Metrics
+from dualwrite.phases import Behaviour
 from dualwrite.runtime.codec import FieldCodec
 from dualwrite.runtime.table import EncryptedTable
 from dualwrite.runtime.watcher import PhaseWatcher
@@ -148,7 +149,15 @@ def create_app(settings: Settings | None = None, *, metrics: Metrics | None = No
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
 
-            repository = ClientsRepository(engine, table, on_columns_dropped=refresh_soon)
+            @contextlib.asynccontextmanager
+            async def renew() -> AsyncIterator[Behaviour]:  # a fresh snapshot after a fence
+                await watcher.refresh()
+                with watcher.request(spec.name) as snap:
+                    yield snap.behaviour
+
+            repository = ClientsRepository(
+                engine, table, on_columns_dropped=refresh_soon, renew=renew
+            )
             app.state.services = Services(settings, watcher, repository, spec.name)
             app.state.watcher, app.state.codec, app.state.engine = watcher, codec, engine
             admin = AdminContext(

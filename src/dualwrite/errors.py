@@ -147,7 +147,14 @@ class FencedError(DualwriteError):
     """A write (or backfill batch) refused itself: the state version it acts under is no
     longer current, its watcher's last successful refresh is older than its liveness window,
     or its current key is one a live instance of the fleet does not hold. Raised inside the
-    write's transaction before anything is written; the HTTP layer answers 503 (retry)."""
+    write's transaction before anything is written; the HTTP layer answers 503 (retry).
+
+    ``stale`` is true when only the snapshot was behind (the instance itself is healthy): the
+    write may be retried at once in a new transaction under a fresh snapshot."""
+
+    def __init__(self, message: str, *, stale: bool = False) -> None:
+        self.stale = stale
+        super().__init__(message)
 
 
 class RequestError(DualwriteError):

@@ -53,7 +53,8 @@ async def row(engine: AsyncEngine, client_id: str) -> Any:
 
 async def count(engine: AsyncEngine, where: str = "true") -> int:
     async with engine.connect() as conn:
-        return int((await conn.execute(text(f"SELECT count(*) FROM clients WHERE {where}"))).scalar())
+        found = await conn.execute(text(f"SELECT count(*) FROM clients WHERE {where}"))
+        return int(found.scalar_one())
 
 
 def assert_fenced(response: httpx.Response, *words: str) -> None:
@@ -64,32 +65,72 @@ def assert_fenced(response: httpx.Response, *words: str) -> None:
         assert word in detail, detail
 
 
-async def test_a_write_under_a_stale_phase_snapshot_gets_503_and_writes_nothing(
-    engine: AsyncEngine, database_url: URL, tmp_path: Path
-) -> None:
+async def enter_contract(engine: AsyncEngine) -> None:
     for target in (Phase.DUAL_WRITE, Phase.BACKFILL, Phase.READ_SWITCH, Phase.CONTRACT):
         await move(engine, target)
+
+
+async def test_a_write_under_a_stale_phase_snapshot_is_redone_under_the_current_phase(
+    engine: AsyncEngine, database_url: URL, tmp_path: Path
+) -> None:
+    await enter_contract(engine)
     # no NOTIFY and a 30 s poll: the instance keeps its `contract` snapshot (a lost notification)
     env = {"LISTEN_NOTIFY": "false", "POLL_INTERVAL_SECONDS": "30"}
-    async with service(database_url, tmp_path, "api-stale", **env) as (base, _):
-        async with clients(base) as c:
-            created = await c.post("/clients", json=new_client(1))
-            assert created.status_code == 201, created.text
-            cid = created.json()["id"]
-            before = await row(engine, cid)
-            assert before.first_name is None and before.first_name_encrypted is not None
+    async with (
+        service(database_url, tmp_path, "api-stale", **env) as (base, _),
+        clients(base) as c,
+    ):
+        created = await c.post("/clients", json=new_client(1))
+        assert created.status_code == 201, created.text
+        cid = created.json()["id"]
+        assert (await row(engine, cid)).first_name is None  # contract writes NULL plaintext
+        await move(engine, Phase.READ_SWITCH, notify=False)  # the fleet went back
+        changed = await c.patch(f"/clients/{cid}", json={"first_name": "Grace"})
+        assert changed.status_code == 200, changed.text
+    # fenced under `contract` (nothing written), then written under `read_switch`: plaintext too
+    after = await row(engine, cid)
+    assert after.first_name == "Grace" and after.first_name_encrypted is not None
 
-            back = await move(engine, Phase.READ_SWITCH, notify=False)  # the fleet went back
+
+async def test_an_instance_cut_off_longer_than_its_window_gets_503_and_writes_nothing(
+    engine: AsyncEngine, database_url: URL, tmp_path: Path
+) -> None:
+    """A lock on the heartbeat table stalls this instance's heartbeats and refreshes (the
+    refresh reads the fleet's key versions) while its request path still reaches PostgreSQL:
+    to the fleet it has vanished, so it must not write with its cached phase."""
+    await enter_contract(engine)
+    async with (
+        service(database_url, tmp_path, "api-cut", POLL_INTERVAL_SECONDS="0.2") as (base, _),
+        clients(base) as c,
+    ):
+        created = await c.post("/clients", json=new_client(1))
+        assert created.status_code == 201, created.text
+        cid = created.json()["id"]
+        before = await row(engine, cid)
+        holder = await connect_raw(engine)
+        try:
+            await holder.execute("BEGIN")
+            await holder.execute("LOCK TABLE dualwrite_instances IN ACCESS EXCLUSIVE MODE")
+            await asyncio.sleep(1.0)  # longer than its 0.6 s liveness window
+            await move(engine, Phase.READ_SWITCH)  # the fleet moves on meanwhile
             changed = await c.patch(f"/clients/{cid}", json={"first_name": "Grace"})
-            assert_fenced(changed, "self-fencing", "version 5 (contract)", f"version {back}")
-            added = await c.post("/clients", json=new_client(2))
-            assert_fenced(added, "self-fencing")
-            assert (await c.get(f"/clients/{cid}")).status_code == 200  # reads are not refused
-    assert await row(engine, cid) == before  # the contract write (NULL plaintext) never landed
-    assert await count(engine) == 1
+            assert_fenced(changed, "self-fencing", "not within its liveness window")
+            assert_fenced(await c.post("/clients", json=new_client(2)), "self-fencing")
+            assert (await c.get(f"/clients/{cid}")).status_code == 200  # reads still served
+        finally:
+            await holder.execute("ROLLBACK")
+            await holder.close()
+        assert await row(engine, cid) == before  # no contract write (NULL plaintext) landed
+        assert await count(engine) == 1
+
+        async def write() -> int:
+            return (await c.patch(f"/clients/{cid}", json={"first_name": "Grace"})).status_code
+
+        await eventually(write, lambda s: s == 200, timeout=10, what="writes once reconnected")
+    assert (await row(engine, cid)).first_name == "Grace"  # under read_switch: plaintext too
 
 
-async def test_an_instance_cut_off_longer_than_its_window_refuses_to_write(
+async def test_a_watcher_cut_off_longer_than_its_window_fences_the_core_write_path(
     engine: AsyncEngine, database_url: URL
 ) -> None:
     """The watcher reaches the database as its own role; the test cuts that role off while the
@@ -192,49 +233,52 @@ async def test_observed_is_reported_only_once_requests_under_the_old_version_fin
     engine: AsyncEngine, database_url: URL, tmp_path: Path
 ) -> None:
     await move(engine, Phase.DUAL_WRITE)
-    async with service(database_url, tmp_path, "api-drain", POLL_INTERVAL_SECONDS="0.2") as (
-        base,
-        _,
+    async with (
+        service(database_url, tmp_path, "api-drain", POLL_INTERVAL_SECONDS="0.2") as (
+            base,
+            _,
+        ),
+        clients(base) as c,
     ):
-        async with clients(base) as c:
-            created = await c.post("/clients", json=new_client(1))
-            assert created.status_code == 201, created.text
-            cid = created.json()["id"]
-            old = await version(engine)
-            holder = await connect_raw(engine)  # a lock on the row: the PATCH stays in flight
-            await holder.execute("BEGIN")
-            await holder.execute("SELECT 1 FROM clients WHERE id = $1 FOR UPDATE", uuid.UUID(cid))
-            try:
-                patch = asyncio.create_task(c.patch(f"/clients/{cid}", json={"first_name": "Grace"}))
+        created = await c.post("/clients", json=new_client(1))
+        assert created.status_code == 201, created.text
+        cid = created.json()["id"]
+        old = await version(engine)
+        holder = await connect_raw(engine)  # a lock on the row: the PATCH stays in flight
+        await holder.execute("BEGIN")
+        await holder.execute("SELECT 1 FROM clients WHERE id = $1 FOR UPDATE", uuid.UUID(cid))
+        try:
+            grace = {"first_name": "Grace"}
+            patch = asyncio.create_task(c.patch(f"/clients/{cid}", json=grace))
 
-                async def blocked() -> int:
-                    async with engine.connect() as conn:
-                        found = await conn.execute(
-                            text(
-                                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type "
-                                "= 'Lock' AND datname = current_database()"
-                            )
+            async def blocked() -> int:
+                async with engine.connect() as conn:
+                    found = await conn.execute(
+                        text(
+                            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type "
+                            "= 'Lock' AND datname = current_database()"
                         )
-                        return int(found.scalar_one())
+                    )
+                    return int(found.scalar_one())
 
-                await eventually(blocked, lambda n: n >= 1, timeout=30, what="PATCH in flight")
-                new = await move(engine, Phase.BACKFILL)
-                await asyncio.sleep(1.5)  # NOTIFY + several heartbeats of a 0.2 s poll
-                (beat,) = await heartbeats(engine, "api-drain")
-                assert (beat.observed_version, beat.observed_phase) == (old, "dual_write")
-                health = (await httpx.AsyncClient(base_url=base).get("/healthz")).json()
-                assert health["version"] == new  # it has loaded the new version meanwhile
-            finally:
-                await holder.execute("ROLLBACK")
-                await holder.close()
-            assert (await patch).status_code == 200
-            drained = time.perf_counter()
-            await eventually(
-                lambda: heartbeats(engine, "api-drain"),
-                lambda rows: rows[0].observed_version == new,
-                timeout=5, what="the new version reported once the PATCH finished",
-            )  # fmt: skip
-            assert time.perf_counter() - drained < 2.0
+            await eventually(blocked, lambda n: n >= 1, timeout=30, what="PATCH in flight")
+            new = await move(engine, Phase.BACKFILL)
+            await asyncio.sleep(1.5)  # NOTIFY + several heartbeats of a 0.2 s poll
+            (beat,) = await heartbeats(engine, "api-drain")
+            assert (beat.observed_version, beat.observed_phase) == (old, "dual_write")
+            health = (await httpx.AsyncClient(base_url=base).get("/healthz")).json()
+            assert health["version"] == new  # it has loaded the new version meanwhile
+        finally:
+            await holder.execute("ROLLBACK")
+            await holder.close()
+        assert (await patch).status_code == 200
+        drained = time.perf_counter()
+        await eventually(
+            lambda: heartbeats(engine, "api-drain"),
+            lambda rows: rows[0].observed_version == new,
+            timeout=5, what="the new version reported once the PATCH finished",
+        )  # fmt: skip
+        assert time.perf_counter() - drained < 2.0
 
 
 async def test_a_second_instance_reports_a_new_version_well_under_a_second(
@@ -294,3 +338,62 @@ async def test_a_writer_whose_current_key_a_live_instance_lacks_refuses(
 
         await eventually(write, lambda s: s == 201, timeout=10, what="api-v2 writes again")
     assert await count(engine) == 2
+
+
+async def test_an_orm_flush_under_a_stale_phase_snapshot_is_refused_and_writes_nothing(
+    engine: AsyncEngine, database_url: URL
+) -> None:
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
+    from tests.integration.clinic_support import PATIENTS_PII, create_clinic_schema
+
+    from clinic_app.models import PATIENTS, Patient  # isort: skip
+
+    await create_clinic_schema(engine)
+    settings = make_settings(database_url, poll_interval_seconds=30)  # no NOTIFY, slow poll
+    watcher = PhaseWatcher(engine, settings, key_versions=frozenset({"v1"}), listen=False)
+    codec = FieldCodec(
+        PATIENTS_PII, FieldCipher(load_keyring(settings)), BlindIndex.from_settings(settings)
+    )
+    PATIENTS.bind(codec, lambda: watcher.behaviour(PATIENTS_PII.name), fence=watcher)
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    def patient(i: int) -> Patient:
+        return Patient(
+            clinic_id=1, full_name=f"Ada {i}", email=f"ada{i}@example.org", date_of_birth=None,
+            intake=None, balance=None, last_visit=None,
+        )  # fmt: skip
+
+    async def patients() -> int:
+        async with engine.connect() as conn:
+            found = await conn.execute(text("SELECT count(*) FROM clinic.patients"))
+            return int(found.scalar_one())
+
+    await watcher.start()
+    try:
+        async with sessions() as s:
+            first = patient(1)
+            s.add(first)
+            await s.commit()
+        async with engine.begin() as conn:  # the phase moves; this watcher is not told
+            from dualwrite.state import registry
+
+            st = await registry.get_migration(conn, PATIENTS_PII.name)
+            await registry.compare_and_swap_phase(conn, st.name, st.version, Phase.DUAL_WRITE)
+        async with sessions() as s:
+            s.add(patient(2))
+            with pytest.raises(FencedError, match="self-fencing"):
+                await s.commit()
+        async with sessions() as s:
+            loaded = await s.get(Patient, first.id)
+            assert loaded is not None
+            loaded.full_name = "Grace Hopper"
+            with pytest.raises(FencedError, match="acts under version 1 \\(plaintext\\)"):
+                await s.commit()
+        assert await patients() == 1
+        async with engine.connect() as conn:
+            name = await conn.execute(text("SELECT full_name FROM clinic.patients"))
+            assert name.scalar_one() == "Ada 1"
+    finally:
+        PATIENTS.bind(codec, lambda: None)
+        await watcher.stop()

@@ -18,7 +18,9 @@ transaction:
 
 A ``contract`` write that finds ``finalized`` is let through: it writes no plaintext, and if the
 columns are gone the statement fails on them and is retried without them (the finalize window).
-Otherwise :class:`~dualwrite.errors.FencedError` (503 for the API), nothing written.
+Otherwise :class:`~dualwrite.errors.FencedError` (503 for the API), nothing written; when only the
+snapshot was behind (``stale``), the app may retry once at once under a fresh snapshot (the
+reference service does), so a move costs no failed request.
 
 >>> from dualwrite.phases import Phase
 >>> check_current("clients_pii", 7, Phase.BACKFILL, Phase.BACKFILL, 7)
@@ -90,7 +92,8 @@ def check_current(
     raise FencedError(
         f"{migration}: this instance acts under version {acting} ({acting_phase}) but the "
         f"state is at version {db_version} ({db_phase}): write refused (self-fencing), "
-        "nothing written; retry"
+        "nothing written; retry",
+        stale=db_version > acting,
     )
 
 
