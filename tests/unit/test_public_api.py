@@ -28,7 +28,7 @@ EXPECTED = {
     "DatabaseUnavailableError", "RequestError", "PhaseError", "UnknownMigrationError",
     "UnknownPhaseError", "IllegalTransitionError", "ReasonRequiredError", "GuardsFailedError",
     "TransitionConflictError", "ModeNotAllowedError", "UnsupportedQueryError",
-    "UnsupportedTypeError", "SchemaStepError", "DependenciesRemainError",
+    "UnsupportedTypeError", "SchemaStepError", "DependenciesRemainError", "FencedError",
 }  # fmt: skip
 
 
