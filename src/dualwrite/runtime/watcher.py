@@ -246,22 +246,23 @@ class PhaseWatcher:
         if state is not None and version < state.version:
             self._beat.set()  # it may now report the newer version as observed
 
-    async def _load_fleet_keys(self, conn: AsyncConnection) -> None:
+    async def _load_fleet_keys(self, conn: AsyncConnection, names: list[str]) -> None:
         """Which served migration has a live instance lacking ``current_key`` (each poll)."""
         if self.current_key is not None:
             self._key_refusal = await fencing.fleet_key_refusals(
-                conn, self._served_names(), self.current_key, self.instance_id, self.poll_interval
-            )
+                conn, self._served_names(names), self.current_key, self.instance_id,
+                self.poll_interval,
+            )  # fmt: skip
 
-    def _served_names(self) -> list[str]:
-        names = list(self._states)
+    def _served_names(self, names: list[str] | None = None) -> list[str]:
+        names = list(self._states) if names is None else names
         return names if self._serves is None else [n for n in names if n in self._serves]
 
     async def refresh(self) -> None:
         """Reload every migration now; a state only replaces one with a lower version."""
         async with self.engine.connect() as conn:
             loaded = await registry.list_migrations(conn)
-            await self._load_fleet_keys(conn)
+            await self._load_fleet_keys(conn, [m.name for m in loaded])
         self._refreshed_at = time.monotonic()
         changed = False
         for new in loaded:
