@@ -19,7 +19,7 @@ transaction:
 A ``contract`` write that finds ``finalized`` is let through: it writes no plaintext, and if the
 columns are gone the statement fails on them and is retried without them (the finalize window).
 Otherwise :class:`~dualwrite.errors.FencedError` (503 for the API), nothing written; when only the
-snapshot was behind (``stale``), the app may retry once at once under a fresh snapshot (the
+snapshot was behind (``stale``), the app may retry at once under a fresh snapshot (the
 reference service does), so a move costs no failed request.
 
 >>> from dualwrite.phases import Phase
