@@ -15,7 +15,10 @@ one error model the OpenAPI schema declares for every 4xx/5xx) without plaintext
 400/422 bad input, 401 missing token, 404 unknown client or workspace, 405 with an ``Allow``
 header listing every method of the path, 413 body larger than ``MAX_BODY_BYTES``, 500 a stored
 value that does not decrypt (generic message), 503 when this instance cannot encrypt or decrypt
-(no usable key) -- nothing is written then -- or when the database is unreachable.
+(no usable key), when a write fenced itself (:class:`~dualwrite.errors.FencedError`: the phase
+snapshot it took is no longer current, the watcher has not refreshed within its liveness window,
+or a live instance lacks this instance's current key) -- nothing is written then -- or when the
+database is unreachable.
 
 Logs: one ``http_request`` event per request (:class:`dualwrite.logs.RequestLog`: request id
 from or to ``X-Request-ID``, route template, status, duration) and a ``keys_loaded`` event at
@@ -61,11 +64,13 @@ from dualwrite.errors import (
     DecryptionError,
     DualwriteError,
     EncryptionUnavailableError,
+    FencedError,
     UnknownMigrationError,
     is_connection_lost,
 )
 from dualwrite.logs import RequestLog, log_keys, register_settings_secrets
 from dualwrite.metrics import Metrics
+from dualwrite.phases import Behaviour
 from dualwrite.runtime.codec import FieldCodec
 from dualwrite.runtime.table import EncryptedTable
 from dualwrite.runtime.watcher import PhaseWatcher
@@ -117,12 +122,15 @@ def create_app(settings: Settings | None = None, *, metrics: Metrics | None = No
         if reason:
             log.warning("encryption unavailable on this instance: %s", reason)
         async with open_engine(settings, hide_parameters=True) as engine:  # no PII in errors
+            current = keyring.current.version if keyring else None
             watcher = PhaseWatcher(
                 engine,
                 settings,
                 key_versions=frozenset(keyring.versions if keyring else ()),
                 role="api",
                 metrics=metrics,
+                serves=(spec.name,),  # heartbeats clients_pii only
+                current_key=current,
             )
             codec = FieldCodec(
                 spec,
@@ -133,7 +141,7 @@ def create_app(settings: Settings | None = None, *, metrics: Metrics | None = No
                 shadow_sample_rate=settings.shadow_read_sample_rate,
                 unavailable_reason=reason,
             )
-            table = EncryptedTable(CLIENTS, codec)
+            table = EncryptedTable(CLIENTS, codec, fence=watcher)
             tasks: set[asyncio.Task[None]] = set()
 
             def refresh_soon() -> None:  # the contract revision dropped the plaintext columns
@@ -141,10 +149,17 @@ def create_app(settings: Settings | None = None, *, metrics: Metrics | None = No
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
 
-            repository = ClientsRepository(engine, table, on_columns_dropped=refresh_soon)
+            @contextlib.asynccontextmanager
+            async def renew() -> AsyncIterator[Behaviour]:  # a fresh snapshot after a fence
+                await watcher.refresh()
+                with watcher.request(spec.name) as snap:
+                    yield snap.behaviour
+
+            repository = ClientsRepository(
+                engine, table, on_columns_dropped=refresh_soon, renew=renew
+            )
             app.state.services = Services(settings, watcher, repository, spec.name)
             app.state.watcher, app.state.codec, app.state.engine = watcher, codec, engine
-            current = keyring.current.version if keyring else None
             admin = AdminContext(
                 engine, settings, keyring_current=current, watcher=watcher, tokens=tokens
             )
@@ -238,6 +253,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(EncryptionUnavailableError, unavailable)
+    app.add_exception_handler(FencedError, unavailable)
     app.add_exception_handler(UnknownMigrationError, unregistered)
     app.add_exception_handler(DecryptionError, undecryptable)
     app.add_exception_handler(DBAPIError, database)

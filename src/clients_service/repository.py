@@ -10,6 +10,10 @@ so one request never mixes two phases. Choices:
   is empty, so normal requests stay one query);
 * a list or search that hits a value that does not decrypt fails as a whole (HTTP 500): a
   partial page would silently hide a client;
+* a write whose phase snapshot fell behind the state row (a move committed since the request
+  began) fences itself (:class:`~dualwrite.errors.FencedError`, nothing written) and runs once
+  more under a fresh snapshot (``renew``: refresh the watcher, take a new one; up to 3 times), so
+  a phase move fails no request; a refusal for any other reason answers 503;
 * finalizing drops the plaintext columns while instances still run ``contract``: an operation
   that fails on the missing columns is retried once without them
   (:func:`dualwrite.runtime.table.plaintext_columns_dropped`) and ``on_columns_dropped`` is called
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -28,6 +33,7 @@ from sqlalchemy import exists, func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from dualwrite.errors import FencedError
 from dualwrite.phases import Behaviour
 from dualwrite.runtime.table import (
     EncryptedTable,
@@ -36,6 +42,7 @@ from dualwrite.runtime.table import (
 )
 
 T = TypeVar("T")
+_RENEWALS = 3  # fresh snapshots a write may take when moves keep landing under it
 
 
 class ClientsRepository:
@@ -46,14 +53,35 @@ class ClientsRepository:
         engine: AsyncEngine,
         table: EncryptedTable,
         on_columns_dropped: Callable[[], None] | None = None,
+        renew: Callable[[], AbstractAsyncContextManager[Behaviour]] | None = None,
     ) -> None:
         self.engine = engine
         self.table = table
         self.on_columns_dropped = on_columns_dropped
+        self.renew = renew
         c = table.c
         self._ws, self._id, self._active = c.workspace_id, c.id, c.is_active
 
     async def _run(self, behaviour: Behaviour, op: Callable[[Behaviour], Awaitable[T]]) -> T:
+        """``op(behaviour)``; a write that fenced itself because only its snapshot was behind
+        runs again under a fresh one (``renew``, up to 3 times)."""
+        try:
+            return await self._run_once(behaviour, op)
+        except FencedError as exc:
+            if not exc.stale or self.renew is None:
+                raise
+            last = exc
+        for _ in range(_RENEWALS):
+            async with self.renew() as fresh:
+                try:
+                    return await self._run_once(fresh, op)
+                except FencedError as exc:
+                    if not exc.stale:
+                        raise
+                    last = exc
+        raise last  # moves kept landing under it: 503
+
+    async def _run_once(self, behaviour: Behaviour, op: Callable[[Behaviour], Awaitable[T]]) -> T:
         """``op(behaviour)``, retried once without plaintext columns if they were just dropped."""
         try:
             return await op(behaviour)

@@ -1,7 +1,9 @@
 """The clients routes (``/workspaces/{ws}/clients...``), all behind the optional API token.
 
-Each handler takes ONE phase snapshot (``watcher.behaviour``) at its start and uses it for its
-one statement, so a phase change mid-request can never mix two phases in one write.
+Each handler takes ONE phase snapshot (``svc.request()``, counted in flight by the watcher until
+the handler ends) at its start and uses it for its one statement, so a phase change mid-request
+can never mix two phases in one write, and the instance reports a new phase as observed only
+once the requests of the old one have finished.
 
 The OpenAPI schema states what the routes do: every status each can answer (errors are one
 :class:`~dualwrite.admin.models.ErrorBody` line), the ``ApiToken`` bearer scheme and 401 only
@@ -11,9 +13,11 @@ that read, change and delete it (:func:`clients_router`).
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import re
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -52,6 +56,12 @@ class Services:
 
     def behaviour(self) -> Behaviour:
         return self.watcher.behaviour(self.migration)
+
+    @contextlib.contextmanager
+    def request(self) -> Iterator[Behaviour]:
+        """One request's phase snapshot, in flight until the block ends."""
+        with self.watcher.request(self.migration) as snap:
+            yield snap.behaviour
 
 
 def services(request: Request) -> Services:
@@ -97,8 +107,9 @@ _WHY = {
     413: "body larger than MAX_BODY_BYTES",
     422: "a parameter or body that does not match the schema",
     500: "internal error: a stored value could not be read (generic message)",
-    503: "this instance cannot encrypt now, the migration is not registered, or the database"
-    " is unreachable; nothing was written",
+    503: "this instance cannot encrypt now, a write fenced itself (its phase snapshot is stale,"
+    " its watcher is cut off, or a live instance lacks its current key), the migration is not"
+    " registered, or the database is unreachable; nothing was written",
 }
 _SEARCH_PATTERNS = {"email": NOT_BLANK, "phone": r"^[^\u0000]*[0-9][^\u0000]*$", "name": NOT_BLANK}
 _SEARCH_CRITERIA = {
@@ -154,7 +165,8 @@ def _client_links(client_id: str) -> dict[str, Any]:
 
 async def create_client(workspace_id: uuid.UUID, body: ClientCreate, svc: Svc) -> Any:
     """Create a client; answers 201 with the client (its new ``id`` included)."""
-    return await svc.repository.create(svc.behaviour(), workspace_id, body.model_dump())
+    with svc.request() as b:
+        return await svc.repository.create(b, workspace_id, body.model_dump())
 
 
 async def list_clients(
@@ -164,7 +176,8 @@ async def list_clients(
     after: uuid.UUID | None = None,
 ) -> Any:
     """Active clients ordered by id; ``after`` is the last id of the previous page."""
-    items = await svc.repository.page(svc.behaviour(), workspace_id, limit, after)
+    with svc.request() as b:
+        items = await svc.repository.page(b, workspace_id, limit, after)
     if not items and after is None and not await svc.repository.workspace_exists(workspace_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such workspace")
     next_after = items[-1]["id"] if len(items) == limit else None
@@ -191,18 +204,20 @@ async def search_clients(
     ((field, value),) = given.items()
     if not re.fullmatch(_SEARCH_PATTERNS[field], value):
         raise HTTPException(status.HTTP_400_BAD_REQUEST, f"search {field} must not be empty")
-    b, repo = svc.behaviour(), svc.repository
-    if field == "name":
-        items = await repo.search_name(b, workspace_id, value, limit)
-    else:
-        items = await repo.search_exact(b, workspace_id, field, value, limit)
+    repo = svc.repository
+    with svc.request() as b:
+        if field == "name":
+            items = await repo.search_name(b, workspace_id, value, limit)
+        else:
+            items = await repo.search_exact(b, workspace_id, field, value, limit)
     if not items and not await repo.workspace_exists(workspace_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such workspace")
     return {"items": items}
 
 
 async def get_client(workspace_id: uuid.UUID, client_id: uuid.UUID, svc: Svc) -> Any:
-    found = await svc.repository.get(svc.behaviour(), workspace_id, client_id)
+    with svc.request() as b:
+        found = await svc.repository.get(b, workspace_id, client_id)
     if found is None:
         raise _not_found()
     return found
@@ -212,7 +227,8 @@ async def update_client(
     workspace_id: uuid.UUID, client_id: uuid.UUID, body: ClientPatch, svc: Svc
 ) -> Any:
     """Change the fields given (only those are re-encrypted); ``null`` clears a field."""
-    found = await svc.repository.update(svc.behaviour(), workspace_id, client_id, body.changes())
+    with svc.request() as b:
+        found = await svc.repository.update(b, workspace_id, client_id, body.changes())
     if found is None:
         raise _not_found()
     return found

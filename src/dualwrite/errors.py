@@ -14,6 +14,8 @@ material. The CLI prints ``str(error)`` and exits non-zero; the HTTP layers map 
     │   └── EncryptionUnavailableError this instance cannot encrypt now          (503)
     ├── DecryptionError                a ciphertext does not decrypt             (500, generic)
     ├── DatabaseUnavailableError       PostgreSQL cannot be reached or started   (503)
+    ├── FencedError                    this instance may act under a phase the fleet left:
+    │                                  the write was refused, nothing written     (503)
     ├── RequestError                   well-formed input asking nothing sensible (400)
     ├── UnsupportedQueryError          an ORM statement that would read encrypted fields wrongly
     ├── SchemaStepError                an online schema step gave up or refused   (exit 1)
@@ -63,6 +65,7 @@ __all__ = [
     "DependenciesRemainError",
     "DualwriteError",
     "EncryptionUnavailableError",
+    "FencedError",
     "GuardsFailedError",
     "IllegalTransitionError",
     "KeyringError",
@@ -147,6 +150,20 @@ class DecryptionError(DualwriteError):
 
 class DatabaseUnavailableError(DualwriteError):
     """PostgreSQL cannot be reached or started."""
+
+
+class FencedError(DualwriteError):
+    """A write (or backfill batch) refused itself: the state version it acts under is no
+    longer current, its watcher's last successful refresh is older than its liveness window,
+    or its current key is one a live instance of the fleet does not hold. Raised inside the
+    write's transaction before anything is written; the HTTP layer answers 503 (retry).
+
+    ``stale`` is true when only the snapshot was behind (the instance itself is healthy): the
+    write may be retried at once in a new transaction under a fresh snapshot."""
+
+    def __init__(self, message: str, *, stale: bool = False) -> None:
+        self.stale = stale
+        super().__init__(message)
 
 
 class RequestError(DualwriteError):

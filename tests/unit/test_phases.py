@@ -672,23 +672,71 @@ def test_phase_names_are_accepted_as_strings() -> None:
 
 
 def test_dead_instances_are_ignored_by_fleet_guards() -> None:
-    dead = lagger(DW, age=6.5)  # 3 poll intervals = 6 s
+    dead = lagger(DW, age=12.5)  # past its grace: 2 windows of 3 poll intervals (2 s) = 12 s
     decision = evaluate(DW, BF, good_facts(DW, instances=fleet(DW, dead)))
     assert decision.allowed
     assert decision.guards[-1].reason == "all 1 live instances are ready"
 
 
-def test_a_live_lagging_instance_blocks_and_liveness_is_inclusive() -> None:
+def test_a_live_lagging_instance_blocks_and_liveness_is_exclusive() -> None:
+    inside = lagger(DW, age=5.9)
+    assert live_instances(good_facts(DW, instances=(inside,))) == (inside,)
     boundary = lagger(DW, age=6.0)
+    assert live_instances(good_facts(DW, instances=(boundary,))) == ()
     decision = evaluate(DW, BF, good_facts(DW, instances=fleet(DW, boundary)))
-    assert [g.name for g in decision.failures] == ["fleet_observed_dual_write"]
+    assert [g.name for g in decision.failures] == ["fleet_observed_dual_write"]  # its grace
 
 
-def test_liveness_follows_the_poll_interval() -> None:
+def test_liveness_follows_the_operator_interval_only_without_the_instances_own() -> None:
     lagging = lagger(DW, age=20.0)
     assert evaluate(DW, BF, good_facts(DW, instances=fleet(DW, lagging))).allowed
     slow = good_facts(DW, instances=fleet(DW, lagging), poll_interval_seconds=10.0)
     assert not evaluate(DW, BF, slow).allowed
+
+
+@pytest.mark.parametrize("age", [0.0, 6.0, 6.5, 15.0, 29.0, 29.9])
+def test_an_instance_polling_every_10s_is_live_for_30s_whatever_the_operator_uses(
+    age: float,
+) -> None:
+    slow = replace(lagger(DW, age=age), poll_interval_seconds=10.0)
+    facts = good_facts(DW, instances=(slow,), poll_interval_seconds=2.0)
+    assert live_instances(facts) == (slow,)
+    failures = evaluate(DW, BF, facts).failures
+    assert [g.name for g in failures] == ["fleet_observed_dual_write"]
+    assert "has observed version 4" in failures[0].reason
+    assert "not heard from" not in failures[0].reason
+
+
+def test_a_fast_instance_is_dead_after_its_own_window_even_with_a_slow_operator() -> None:
+    fast = replace(lagger(DW, age=1.0), poll_interval_seconds=0.2)  # window 0.6 s, grace 1.2 s
+    facts = good_facts(DW, instances=fleet(DW, fast), poll_interval_seconds=10.0)
+    assert live_instances(facts) == facts.instances[:1]
+    assert "not heard from for 1s" in evaluate(DW, BF, facts).failures[0].reason
+    gone = replace(fast, last_seen=NOW - timedelta(seconds=1.3))
+    assert evaluate(DW, BF, replace(facts, instances=fleet(DW, gone))).allowed
+
+
+def test_a_vanished_instance_blocks_for_two_windows_plus_its_longest_request() -> None:
+    def at(age: float) -> Facts:
+        gone = replace(lagger(DW, age=age), poll_interval_seconds=1.0, longest_request_seconds=4)
+        return good_facts(DW, instances=fleet(DW, gone))
+
+    assert live_instances(at(3.5)) == at(3.5).instances[:1]
+    for age in (3.0, 6.0, 9.9):
+        (failure,) = evaluate(DW, BF, at(age)).failures
+        assert failure.reason == (
+            f"instance api-2 not heard from for {age:.0f}s, may still be writing: has observed "
+            "version 4 (plaintext), needs version 5 (dual_write); `dualwrite fleet forget "
+            "api-2` if it is gone"
+        )
+    assert evaluate(DW, BF, at(10.0)).allowed
+
+
+def test_a_vanished_instance_that_satisfies_the_guard_does_not_block() -> None:
+    gone = replace(inst("api-2", phase=DW, age=7.0), poll_interval_seconds=2.0)
+    decision = evaluate(DW, BF, good_facts(DW, instances=(gone,)))
+    assert decision.allowed
+    assert decision.guards[-1].reason == "no live instances"
 
 
 def test_live_instances() -> None:

@@ -29,6 +29,7 @@ EXPECTED = {
     "UnknownPhaseError", "IllegalTransitionError", "ReasonRequiredError", "GuardsFailedError",
     "TransitionConflictError", "ModeNotAllowedError", "BackfillRefusedError",
     "UnsupportedQueryError", "UnsupportedTypeError", "SchemaStepError", "DependenciesRemainError",
+    "FencedError",
 }  # fmt: skip
 
 

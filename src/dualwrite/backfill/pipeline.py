@@ -7,6 +7,12 @@ write leaves as early as possible) -> one ``UPDATE ... FROM unnest`` + checkpoin
 upsert waits on the checkpoint row for batch *k-1* to commit) -> commit. Batch *k+1* is claimed
 as soon as batch *k*'s last key is known, up to ``depth`` batches in flight.
 
+Fencing: after its write (which may have waited on the checkpoint row or on a live writer's row
+lock for a while), every batch re-reads the phase in its own transaction and rolls back unless
+the mode is still allowed, so no batch commits under a phase the fleet has left; the pass then
+stops (``stopped = "phase_changed"``). A version change whose phase still allows the mode
+(``backfill -> read_switch`` for ``encrypt``) lets it continue.
+
 Knobs, phase and database health are checked before every claim; when the backfiller must
 hold back (paused, unhealthy, rate limit) the pipeline drains first, so no row stays locked
 while it waits.
@@ -60,6 +66,7 @@ class BatchDone:
     seconds: float = 0.0
     last_key: str | None = None
     new_failed: list[str] = field(default_factory=list)  # primary keys failing for the first time
+    fenced: str | None = None  # the phase that refused this batch (rolled back, nothing written)
 
 
 @dataclass(slots=True)
@@ -98,6 +105,7 @@ class _Statements:
     claim_first: Any
     claim: Any
     write: Any
+    state: Any
 
 
 async def _prepare(conn: asyncpg.Connection, sql: BackfillSql) -> _Statements:
@@ -105,6 +113,7 @@ async def _prepare(conn: asyncpg.Connection, sql: BackfillSql) -> _Statements:
         await conn.prepare(sql.claim(first=True)),
         await conn.prepare(sql.claim(first=False)),
         await conn.prepare(sql.write()),
+        await conn.prepare(sql.read_state()),
     )
 
 
@@ -156,6 +165,11 @@ async def _batch(
             result.pks, *result.arrays, ctx.migration, sql.mode.value, ctx.shard, pos.run_id,
             last_key, result.written, len(new_failures), pos.started_at,
         )  # fmt: skip
+        phase = await st.state.fetchval(ctx.migration)  # fenced: in this very transaction
+        if phase is None or not backfill_mode_allowed(phase, sql.mode):
+            ctx.failed_seen.difference_update(new_failures)
+            await tr.rollback()
+            return BatchDone(fenced=str(phase))
         await tr.commit()
         return BatchDone(result, time.perf_counter() - started, last_key, new_failures)
     except BaseException as exc:
@@ -186,6 +200,9 @@ async def run_pass(
 
     def committed(done: BatchDone) -> None:
         nonlocal window_rows, last
+        if done.fenced is not None and out.stopped is None:
+            out.stopped = "phase_changed"
+            ctx.on_event("stopped", reason=f"phase is now {done.fenced}", mode=mode.value)
         last = done
         res = done.result
         if res is None:
@@ -208,7 +225,7 @@ async def run_pass(
 
     key: str | None = pos.last_key
     try:
-        while not ctx.stop_requested():
+        while not ctx.stop_requested() and out.stopped is None:
             row = await read_state.fetchrow(ctx.migration)
             if row is None:
                 raise UnknownMigrationError(f"unknown migration {ctx.migration!r}")
@@ -244,7 +261,7 @@ async def run_pass(
             ))  # fmt: skip
             turn = (turn + 1) % len(conns)
             next_key = await key_fut
-            if next_key is None:
+            if next_key is None or out.stopped is not None:
                 break
             key = next_key
         await drain()

@@ -42,6 +42,7 @@ from dualwrite.cli import backfill  # noqa: E402, F401
 from dualwrite.cli import verify  # noqa: E402, F401
 from dualwrite.cli import gate  # noqa: E402, F401
 from dualwrite.cli import remanence  # noqa: E402, F401
+from dualwrite.cli import fleet  # noqa: E402, F401
 from dualwrite.cli import demo  # noqa: E402, F401
 from dualwrite.cli import revision  # noqa: E402, F401
 

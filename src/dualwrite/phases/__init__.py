@@ -59,7 +59,9 @@ Choices made here (DESIGN.md §5 is silent on them):
 * "After" is strict and counts from a verification's *start*: it must start after
   ``backfill_finished_at`` (forward) or after the fleet observed the phase and the last decrypt
   pass (backward); a latency gate must finish after ``phase_changed_at``.
-  Liveness is inclusive: ``now - last_seen <= 3 * poll_interval``.
+  Liveness follows each instance's own interval: live while
+  ``now - last_seen < 3 * its poll_interval``; a vanished instance blocks for its grace
+  (:func:`~dualwrite.phases.facts.grace_seconds`) unless forgotten.
 * :meth:`Phase.parse` accepts any case and ``-`` for ``_``; :meth:`BackfillMode.parse` raises a
   plain :class:`ValueError` (not a ``DualwriteError``) for an unknown mode name.
 """
@@ -70,7 +72,10 @@ from dualwrite.phases.facts import (
     InstanceView,
     TriggerView,
     VerificationView,
+    grace_seconds,
     live_instances,
+    liveness_window_seconds,
+    vanished_instances,
 )
 from dualwrite.phases.guards import Decision, Guard, GuardResult
 from dualwrite.phases.model import (
@@ -108,9 +113,12 @@ __all__ = [
     "behaviour",
     "classify_move",
     "evaluate",
+    "grace_seconds",
     "guards_for",
     "live_instances",
+    "liveness_window_seconds",
     "next_phase",
     "previous_phase",
     "require_backfill_mode",
+    "vanished_instances",
 ]

@@ -1,14 +1,25 @@
 """The snapshot the guards judge (pure): fleet heartbeats, results, counts, one clock.
 
 ``Facts.now`` is the database clock at the time of the snapshot; nothing here reads a clock.
-"Live" instances are those whose heartbeat is at most ``3 * poll_interval_seconds`` old
-(inclusive).
+An instance is *live* while ``now - last_seen < 3 x`` **its own** ``poll_interval_seconds`` (the
+operator's ``Facts.poll_interval_seconds`` stands in only for a row too old to report one). An
+instance that is no longer live but never deregistered is *vanished*: for a grace period of
+:func:`grace_seconds` after its last heartbeat (two liveness windows plus its longest request:
+it may be cut off, not dead, and a write it began just before its fence closed may still run)
+it still counts for the fleet guards, until ``dualwrite fleet forget`` removes it.
+
+>>> from datetime import UTC, timedelta
+>>> t = datetime(2025, 1, 1, 12, tzinfo=UTC)
+>>> slow = InstanceView("api-9", None, None, frozenset(), t - timedelta(seconds=20),
+...                     poll_interval_seconds=10.0, longest_request_seconds=1.5)
+>>> liveness_window_seconds(slow, 2.0), grace_seconds(slow, 2.0)
+(30.0, 61.5)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from dualwrite.phases.model import Phase
 
@@ -18,7 +29,10 @@ __all__ = [
     "InstanceView",
     "TriggerView",
     "VerificationView",
+    "grace_seconds",
     "live_instances",
+    "liveness_window_seconds",
+    "vanished_instances",
 ]
 
 
@@ -107,7 +121,36 @@ class Facts:
     decrypt_unfinished: bool = False  # a decrypt run committed batches but has not finished
 
 
+def liveness_window_seconds(i: InstanceView, fallback_interval: float) -> float:
+    """``3 x`` the instance's own poll interval (``fallback_interval`` if it reports none)."""
+    interval = i.poll_interval_seconds
+    return 3.0 * (interval if interval is not None and interval > 0 else fallback_interval)
+
+
+def grace_seconds(i: InstanceView, fallback_interval: float) -> float:
+    """How long after its last heartbeat a vanished instance still blocks fleet guards."""
+    longest = max(0.0, i.longest_request_seconds or 0.0)
+    return 2.0 * liveness_window_seconds(i, fallback_interval) + longest
+
+
+def _age(facts: Facts, i: InstanceView) -> float:
+    return (facts.now - i.last_seen).total_seconds()
+
+
 def live_instances(facts: Facts) -> tuple[InstanceView, ...]:
-    """Instances whose heartbeat is at most 3 poll intervals old at ``facts.now``."""
-    window = timedelta(seconds=3 * facts.poll_interval_seconds)
-    return tuple(i for i in facts.instances if facts.now - i.last_seen <= window)
+    """Instances heard from within their own liveness window at ``facts.now``."""
+    fallback = facts.poll_interval_seconds
+    return tuple(
+        i for i in facts.instances if _age(facts, i) < liveness_window_seconds(i, fallback)
+    )
+
+
+def vanished_instances(facts: Facts) -> tuple[tuple[InstanceView, float], ...]:
+    """Instances past their liveness window but within their grace, with their age (s)."""
+    fallback = facts.poll_interval_seconds
+    out = []
+    for i in facts.instances:
+        age = _age(facts, i)
+        if liveness_window_seconds(i, fallback) <= age < grace_seconds(i, fallback):
+            out.append((i, age))
+    return tuple(out)

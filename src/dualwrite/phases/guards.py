@@ -17,8 +17,17 @@ numbers, so the admin API can list all of them:
 GuardResult(name='coverage_complete', passed=False, reason='3 rows still lack ciphertext: \
 run `dualwrite backfill --mode encrypt`')
 
-A fleet guard passes when no instance is live (reason ``"no live instances"``) and lists at most
-three offending instances otherwise.
+A fleet guard passes when no instance is live or vanished within its grace (reason ``"no live
+instances"``) and lists at most three offending instances otherwise. A vanished instance (see
+:mod:`dualwrite.phases.facts`) that would not satisfy the guard blocks it as "not heard from":
+
+>>> from dataclasses import replace
+>>> from datetime import timedelta
+>>> from dualwrite.phases.facts import InstanceView
+>>> gone = InstanceView("api-3", Phase.PLAINTEXT, 4, frozenset({"v2"}), t - timedelta(seconds=8))
+>>> fleet_observed(Phase.DUAL_WRITE)(replace(facts, instances=(gone,))).reason
+'instance api-3 not heard from for 8s, may still be writing: has observed version 4 \
+(plaintext), needs version 5 (dual_write); `dualwrite fleet forget api-3` if it is gone'
 """
 
 from __future__ import annotations
@@ -28,7 +37,13 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from dualwrite.errors import GuardsFailedError
-from dualwrite.phases.facts import Facts, InstanceView, VerificationView, live_instances
+from dualwrite.phases.facts import (
+    Facts,
+    InstanceView,
+    VerificationView,
+    live_instances,
+    vanished_instances,
+)
 from dualwrite.phases.model import Direction, Phase
 
 Guard = Callable[[Facts], "GuardResult"]
@@ -96,11 +111,20 @@ def _check(name: str, ok: bool, good: str, bad: str) -> GuardResult:
 def fleet_guard(
     name: str, facts: Facts, problem: Callable[[InstanceView], str | None]
 ) -> GuardResult:
-    """Pass unless ``problem`` describes something wrong with a live instance."""
+    """Pass unless ``problem`` describes something wrong with a live instance, or with an
+    instance that vanished without deregistering and is still within its grace."""
     live = live_instances(facts)
-    if not live:
-        return GuardResult(name, True, "no live instances")
     problems = [p for p in map(problem, live) if p is not None]
+    for i, age in vanished_instances(facts):
+        found = problem(i)
+        if found is not None:
+            what = found.removeprefix(i.label).strip()
+            problems.append(
+                f"instance {i.instance_id} not heard from for {age:.0f}s, may still be writing: "
+                f"{what}; `dualwrite fleet forget {i.instance_id}` if it is gone"
+            )
+    if not live and not problems:
+        return GuardResult(name, True, "no live instances")
     if not problems:
         return GuardResult(name, True, f"all {len(live)} live instances are ready")
     more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""

@@ -7,13 +7,14 @@ columns itself and builds Core statements for the phase's :class:`~dualwrite.pha
 
     clients = Table("clients", MetaData(), Column("id", Uuid, primary_key=True), ...,
                     Column("first_name", Text), Column("email", Text), ...)
-    enc = EncryptedTable(clients, FieldCodec(CLIENTS_PII, cipher, bidx, metrics))
+    enc = EncryptedTable(clients, FieldCodec(CLIENTS_PII, cipher, bidx, metrics), fence=watcher)
 
-    b = watcher.behaviour("clients_pii")          # one snapshot per request
-    async with engine.begin() as conn:
-        row = await enc.insert(conn, b, {"id": uuid4(), "workspace_id": ws, "email": "a@b.c"})
-        rows = await enc.fetch(conn, b, enc.c.workspace_id == ws, order_by=enc.c.id, limit=100)
-        row = await enc.update(conn, b, client_id, {"email": None}, enc.c.workspace_id == ws)
+    with watcher.request("clients_pii") as snap:  # one snapshot per request, counted in flight
+        async with engine.begin() as conn:
+            b = snap.behaviour
+            row = await enc.insert(conn, b, {"id": uuid4(), "workspace_id": ws, "email": "a@b"})
+            rows = await enc.fetch(conn, b, enc.c.workspace_id == ws, order_by=enc.c.id)
+            row = await enc.update(conn, b, client_id, {"email": None})
 
 Every read is ONE statement whatever the number of rows (no per-row queries); the columns it
 selects depend on the phase (no plaintext in ``finalized``, no ciphertext before ``backfill``).
@@ -32,6 +33,13 @@ computed in SQL (``lower(btrim(email))``, digits of a phone), a close but not ex
 blind-index normalisation (no Unicode NFKC/casefold in SQL); :meth:`EncryptedTable.matches`
 re-checks the decoded rows with the exact rule, so every phase answers the same for ASCII data.
 An ``exact`` field (a date of birth) compares the plaintext column with the value itself.
+
+Self-fencing: with a ``fence`` (the app's :class:`~dualwrite.runtime.watcher.PhaseWatcher`),
+:meth:`EncryptedTable.insert` and :meth:`EncryptedTable.update` first check, in the caller's
+transaction, that the snapshot they act under is still current (one ``SELECT`` of the state
+row) and that the watcher refreshed within its liveness window; otherwise they raise
+:class:`~dualwrite.errors.FencedError` and write nothing (:mod:`dualwrite.runtime.fence`). The
+fence also learns that this process serves the migration (it heartbeats it).
 
 Server-generated keys (identity, serial): :meth:`EncryptedTable.insert` without the key runs
 ``INSERT ... RETURNING <key>`` (plaintext per the phase, no ciphertext) and then, in the same
@@ -63,6 +71,7 @@ from sqlalchemy.sql.elements import ColumnClause
 from dualwrite.crypto import row_key_of
 from dualwrite.phases import Behaviour
 from dualwrite.runtime.codec import FieldCodec, ReadLayout, read_columns
+from dualwrite.runtime.fence import WriteFence
 from dualwrite.runtime.search import matches, search_clause, table_matches, without_ciphertext
 from dualwrite.schema.sql import added_columns
 from dualwrite.spec import MigrationSpec
@@ -121,7 +130,12 @@ class EncryptedTable:
     """Phase-aware statements for one table (see the module docstring)."""
 
     def __init__(
-        self, model_or_table: Any, codec: FieldCodec, *, updated_at: str | None = "updated_at"
+        self,
+        model_or_table: Any,
+        codec: FieldCodec,
+        *,
+        updated_at: str | None = "updated_at",
+        fence: WriteFence | None = None,
     ) -> None:
         plain = plain_table_of(model_or_table)
         spec = codec.spec
@@ -134,6 +148,9 @@ class EncryptedTable:
             raise ValueError(f"table {plain.name} has no primary key column {spec.primary_key}")
         self.spec: MigrationSpec = spec
         self.codec = codec
+        self.fence = fence
+        if fence is not None:
+            fence.serve(spec.name)
         added = [c for f in spec.fields for c in added_columns(f)]
         # a model declared with dualwrite.runtime.orm already carries the added columns
         columns: list[Column[Any]] = [c._copy() for c in plain.columns if c.name not in added]
@@ -243,6 +260,8 @@ class EncryptedTable:
         self, conn: AsyncConnection, behaviour: Behaviour, values: Mapping[str, Any]
     ) -> dict[str, Any]:
         """INSERT one row; returns it as a plain dict (server defaults included)."""
+        if self.fence is not None:
+            await self.fence.fence(conn, self.spec.name, behaviour)
         returning = [self.table.c[n] for n in self._other]
         if values.get(self.spec.primary_key) is None:  # the database picks the key
             row = await self._insert_then_encrypt(conn, behaviour, values, returning)
@@ -281,10 +300,12 @@ class EncryptedTable:
         *where: ColumnElement[bool],
     ) -> dict[str, Any] | None:
         """UPDATE row ``key`` (and ``where``); returns the row after the update, or ``None``
-        when no row matched. One statement (``UPDATE ... RETURNING``), except for a
-        primary-key change: the row is read first (``FOR UPDATE``, in the caller's
+        when no row matched. One statement (``UPDATE ... RETURNING``) after the fence, except
+        for a primary-key change: the row is read first (``FOR UPDATE``, in the caller's
         transaction) and every field is re-encrypted under the new key, so no ciphertext stays
         bound to the old one (the guard trigger refuses a key change that would leave one)."""
+        if self.fence is not None:
+            await self.fence.fence(conn, self.spec.name, behaviour)
         if self.changes_key(key, changes):
             current = await self._current_fields(conn, behaviour, key, where)
             if current is None:

@@ -1,8 +1,7 @@
 """How a process learns the phase of every migration and tells the fleet what it saw.
 
-A :class:`PhaseWatcher` keeps the latest observed
-:class:`~dualwrite.state.registry.MigrationState` of
-every migration in memory, so request handlers ask it (``watcher.behaviour("clients_pii")``)
+A :class:`PhaseWatcher` keeps the latest observed :class:`~dualwrite.state.registry.MigrationState`
+of every migration in memory, so request handlers ask it (``watcher.behaviour("clients_pii")``)
 without touching the database. It learns about changes three ways:
 
 * ``LISTEN dualwrite_phase`` on a dedicated asyncpg connection: a committed transition's
@@ -11,10 +10,23 @@ without touching the database. It learns about changes three ways:
   lost while the listen connection was down, within one interval;
 * :meth:`PhaseWatcher.refresh`, on demand.
 
-Every poll interval it also heartbeats, per migration, the phase and version it observed and the
-key versions it holds (``dualwrite_instances``), and flushes the shadow-mismatch / fallback /
-decrypt-failure counts recorded with :meth:`PhaseWatcher.count_read_event`. Transition guards
-read those heartbeats: "every live instance observed ``dual_write``" is a fact about this table.
+Every poll interval -- and at once when it observes a new version, or when the last request of
+an older version ends -- it heartbeats, for each migration it **serves**, the phase and version
+it observed, its own poll interval, its longest recent request and the key versions it holds
+(``dualwrite_instances``), and flushes the shadow-mismatch / fallback / decrypt-failure counts
+recorded with :meth:`PhaseWatcher.count_read_event`. Transition guards read those heartbeats:
+"every live instance observed ``dual_write``" is a fact about this table.
+
+* **Served migrations**: the ones named in ``serves``, plus each one an
+  :class:`~dualwrite.runtime.table.EncryptedTable` or ORM model is bound to with this watcher as
+  its fence (:meth:`serve`). A watcher that was told of none heartbeats every migration.
+* **Observed after drain**: a request acts under the snapshot it took with :meth:`request`;
+  the version reported as observed is the oldest one a request still acts under
+  (:mod:`dualwrite.runtime.inflight`), so "observed" means "nothing here writes under an older
+  phase any more".
+* **Self-fencing**: :meth:`fence` (the write path calls it in its transaction) refuses a write
+  whose snapshot is stale, whose watcher has not refreshed within its liveness window, or that
+  would seal with a key a live instance lacks (:mod:`dualwrite.runtime.fence`).
 
 Guarantees:
 
@@ -23,7 +35,8 @@ Guarantees:
   and one when it ends, keep the last known state, and retry every interval (the listen
   connection is re-opened by the poll loop).
 * :meth:`PhaseWatcher.stop` removes this instance's heartbeat, so it stops counting at once;
-  an instance that dies without stopping stops counting after 3 poll intervals.
+  an instance that dies without stopping stops being live after 3 of its poll intervals and
+  blocks the fleet guards for its grace (``dualwrite fleet forget`` ends it).
 
 >>> watcher = PhaseWatcher(engine, settings, key_versions=frozenset({"v1"}))   # doctest: +SKIP
 >>> await watcher.start()                                                        # doctest: +SKIP
@@ -41,19 +54,22 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
-import asyncpg
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from dualwrite.config import Settings
-from dualwrite.db import connect_raw
-from dualwrite.errors import UnknownMigrationError
+from dualwrite.errors import FencedError, UnknownMigrationError
 from dualwrite.metrics import Metrics
 from dualwrite.metrics.heartbeat import export_heartbeat_gauges
-from dualwrite.phases import Behaviour, behaviour
-from dualwrite.schema import sql as schema_sql
+from dualwrite.phases import Behaviour, Phase, behaviour
+from dualwrite.runtime import fence as fencing
+from dualwrite.runtime.inflight import InFlight, RequestSnapshot, acting_version
+from dualwrite.runtime.listen import Listener
 from dualwrite.state import fleet, read_events, registry, versions
 from dualwrite.state.registry import MigrationState
 
@@ -79,6 +95,8 @@ class PhaseWatcher:
     ``role`` is recorded in the heartbeat (``api``, ``backfill``, ...). ``instance_id`` defaults
     to ``settings.instance_id`` or :func:`default_instance_id`. ``listen`` defaults to
     ``settings.listen_notify``; with ``False`` the watcher relies on polling alone.
+    ``serves`` names the migrations it heartbeats (more are added by :meth:`serve`);
+    ``current_key`` is the key version this process seals with (the key rotation rule).
     """
 
     def __init__(
@@ -91,6 +109,8 @@ class PhaseWatcher:
         instance_id: str | None = None,
         metrics: Metrics | None = None,
         listen: bool | None = None,
+        serves: Iterable[str] | None = None,
+        current_key: str | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
@@ -107,9 +127,30 @@ class PhaseWatcher:
         self._changed = asyncio.Condition()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._listen_conn: asyncpg.Connection | None = None
+        self._listener = Listener(
+            engine, self._wake, self._outage, timeout=max(5.0, self.poll_interval)
+        )
         self._failing: dict[str, bool] = {}
         self._started = False
+        self._serves: set[str] | None = set(serves) if serves is not None else None
+        self.current_key = current_key
+        self._inflight = InFlight(on_drained=self._drained)
+        self._beat = asyncio.Event()
+        self._refreshed_at: float | None = None  # monotonic, last successful refresh
+        self._key_refusal: dict[str, str] = {}
+
+    @property
+    def liveness_window(self) -> float:
+        """``3 x poll_interval``: how long the fleet counts this instance live without a beat."""
+        return 3.0 * self.poll_interval
+
+    def serve(self, migration: str) -> None:
+        """Heartbeat ``migration`` (from now on): this process reads or writes its table."""
+        if self._serves is None:
+            self._serves = set()
+        if migration not in self._serves:
+            self._serves.add(migration)
+            self._beat.set()
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -121,7 +162,7 @@ class PhaseWatcher:
         await self.refresh()
         await self._heartbeat_once()
         if self.listen:
-            await self._ensure_listening(quiet=True)
+            await self._listener.ensure(quiet=True)
         self._started = True
         self._tasks = [
             asyncio.create_task(self._poll_loop(), name=f"dualwrite-poll-{self.instance_id}"),
@@ -139,7 +180,7 @@ class PhaseWatcher:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
-        await self._close_listen()
+        await self._listener.close()
         try:
             async with asyncio.timeout(max(2.0, self.poll_interval)):
                 async with self.engine.begin() as conn:
@@ -167,10 +208,62 @@ class PhaseWatcher:
         """A copy of every observed state, by migration name."""
         return dict(self._states)
 
+    def request(self, name: str) -> contextlib.AbstractContextManager[RequestSnapshot]:
+        """``with watcher.request("clients_pii") as snap:`` -- one request's phase snapshot
+        (``snap.behaviour``), counted in flight until the block ends."""
+        return self._inflight.request(self.state(name))
+
+    def in_flight(self, name: str) -> dict[int, int]:
+        """Requests in flight for ``name`` by the state version they act under."""
+        return self._inflight.in_flight(name)
+
+    # --- fencing (see dualwrite.runtime.fence) ---------------------------------------------
+
+    def _fence_local(self, name: str, b: Behaviour) -> tuple[int, Phase]:
+        age = None if self._refreshed_at is None else time.monotonic() - self._refreshed_at
+        fencing.check_fresh(name, age, self.liveness_window)
+        refusal = self._key_refusal.get(name)
+        if refusal is not None and b.writes_ciphertext:
+            raise FencedError(refusal)
+        acting = acting_version(name)
+        return (self.state(name).version if acting is None else acting), b.phase
+
+    async def fence(self, conn: AsyncConnection, name: str, b: Behaviour) -> None:
+        """Raise :class:`~dualwrite.errors.FencedError` unless a write under ``b`` may run in
+        ``conn``'s transaction (one ``SELECT`` of the state row)."""
+        acting, phase = self._fence_local(name, b)
+        row = (await conn.execute(text(fencing.STATE_ROW_SQL), {"n": name})).one()
+        fencing.check_current(name, acting, phase, Phase(row.phase), int(row.version))
+
+    def fence_sync(self, conn: Any, name: str, b: Behaviour) -> None:
+        """:meth:`fence` on a synchronous connection (the ORM flush)."""
+        acting, phase = self._fence_local(name, b)
+        row = conn.execute(text(fencing.STATE_ROW_SQL), {"n": name}).one()
+        fencing.check_current(name, acting, phase, Phase(row.phase), int(row.version))
+
+    def _drained(self, name: str, version: int) -> None:
+        state = self._states.get(name)
+        if state is not None and version < state.version:
+            self._beat.set()  # it may now report the newer version as observed
+
+    async def _load_fleet_keys(self, conn: AsyncConnection, names: list[str]) -> None:
+        """Which served migration has a live instance lacking ``current_key`` (each poll)."""
+        if self.current_key is not None:
+            self._key_refusal = await fencing.fleet_key_refusals(
+                conn, self._served_names(names), self.current_key, self.instance_id,
+                self.poll_interval,
+            )  # fmt: skip
+
+    def _served_names(self, names: list[str] | None = None) -> list[str]:
+        names = list(self._states) if names is None else names
+        return names if self._serves is None else [n for n in names if n in self._serves]
+
     async def refresh(self) -> None:
         """Reload every migration now; a state only replaces one with a lower version."""
         async with self.engine.connect() as conn:
             loaded = await registry.list_migrations(conn)
+            await self._load_fleet_keys(conn, [m.name for m in loaded])
+        self._refreshed_at = time.monotonic()
         changed = False
         for new in loaded:
             old = self._states.get(new.name)
@@ -192,6 +285,7 @@ class PhaseWatcher:
                     old.version,
                 )
         if changed:
+            self._beat.set()  # tell the fleet at once (once older requests drained)
             async with self._changed:
                 self._changed.notify_all()
 
@@ -265,11 +359,14 @@ class PhaseWatcher:
             except Exception as exc:
                 self._outage("poll", exc)
             if self.listen:
-                await self._ensure_listening()
+                await self._listener.ensure()
 
     async def _heartbeat_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.poll_interval)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_interval):
+                    await self._beat.wait()
+            self._beat.clear()
             try:
                 await self._heartbeat_once()
                 self._outage("heartbeat", None)
@@ -277,55 +374,25 @@ class PhaseWatcher:
                 self._outage("heartbeat", exc)
 
     async def _heartbeat_once(self) -> None:
+        longest = self._inflight.longest_seconds()
         async with self.engine.begin() as conn:
-            for state in list(self._states.values()):
+            for name in self._served_names():
+                version, phase = self._inflight.reportable(self._states[name])
                 await fleet.heartbeat(
                     conn,
                     fleet.Heartbeat(
                         instance_id=self.instance_id,
-                        migration=state.name,
-                        observed_phase=state.phase,
-                        observed_version=state.version,
+                        migration=name,
+                        observed_phase=phase,
+                        observed_version=version,
                         key_versions=self.key_versions,
                         role=self.role,
                         host=self._host,
                         pid=self._pid,
                         poll_interval_seconds=self.poll_interval,
+                        longest_request_seconds=longest,
                     ),
                 )
             await self._flush_read_events(conn)
             if self.metrics is not None:
                 await export_heartbeat_gauges(conn, self.metrics, poll_interval=self.poll_interval)
-
-    # --- LISTEN ---------------------------------------------------------------------------
-
-    def _on_notify(self, _conn: Any, _pid: int, _channel: str, _payload: str) -> None:
-        self._wake.set()
-
-    async def _ensure_listening(self, *, quiet: bool = False) -> None:
-        conn = self._listen_conn
-        if conn is not None and not conn.is_closed():
-            return
-        await self._close_listen()
-        try:
-            async with asyncio.timeout(max(5.0, self.poll_interval)):
-                conn = await connect_raw(self.engine)
-                await conn.add_listener(schema_sql.NOTIFY_CHANNEL, self._on_notify)
-            self._listen_conn = conn
-            self._outage("listen", None)
-            if not quiet:
-                self._wake.set()  # changes may have been missed while not listening
-        except Exception as exc:
-            self._outage("listen", exc)
-
-    async def _close_listen(self) -> None:
-        conn, self._listen_conn = self._listen_conn, None
-        if conn is None:
-            return
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(2.0):
-                if not conn.is_closed():
-                    await conn.remove_listener(schema_sql.NOTIFY_CHANNEL, self._on_notify)
-                await conn.close()
-        if not conn.is_closed():
-            conn.terminate()

@@ -10,10 +10,13 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from dualwrite.phases import InstanceView, Phase
+from dualwrite.errors import RequestError
+from dualwrite.phases import InstanceView, Phase, liveness_window_seconds
+from dualwrite.state.audit_log import AuditRecord, record_audit
 
 __all__ = [
     "Heartbeat",
+    "forget_instance",
     "heartbeat",
     "list_instances",
     "remove_instance",
@@ -74,6 +77,52 @@ async def remove_instance(conn: AsyncConnection, instance_id: str) -> None:
     await conn.execute(
         text("DELETE FROM dualwrite_instances WHERE instance_id = :i"), {"i": instance_id}
     )
+
+
+async def forget_instance(
+    conn: AsyncConnection,
+    instance_id: str,
+    migration: str,
+    *,
+    actor: str,
+    reason: str,
+    fallback_interval: float,
+) -> InstanceView:
+    """Delete one vanished instance's heartbeat of ``migration`` and audit it (the caller's
+    transaction holds both; ``fallback_interval``: the operator's poll interval, for a row that
+    reports none). Refused (:class:`~dualwrite.errors.RequestError`) for an unknown
+    instance or one still live: a live instance would heartbeat again, so stop it instead."""
+    if not reason.strip():
+        raise RequestError("forgetting an instance needs a reason (kept in the audit log)")
+    found = [i for i in await list_instances(conn, migration) if i.instance_id == instance_id]
+    if not found:
+        raise RequestError(f"no instance {instance_id!r} heartbeats migration {migration!r}")
+    (inst,) = found
+    now = (await conn.execute(text("SELECT clock_timestamp()"))).scalar_one()
+    age = (now - inst.last_seen).total_seconds()
+    window = liveness_window_seconds(inst, fallback_interval)
+    if age < window:
+        raise RequestError(
+            f"{inst.label} is live (heard from {age:.1f}s ago, window {window:.0f}s): stop it "
+            "instead (a graceful stop deregisters it)"
+        )
+    await conn.execute(
+        text("DELETE FROM dualwrite_instances WHERE instance_id = :i AND migration = :m"),
+        {"i": instance_id, "m": migration},
+    )
+    await record_audit(
+        conn,
+        AuditRecord(
+            migration=migration,
+            actor=actor,
+            from_phase=inst.observed_phase.value if inst.observed_phase else None,
+            to_phase=None,
+            reason=f"forgot {inst.label} (not heard from for {age:.0f}s): {reason}",
+            action="fleet_forget",
+            from_version=inst.observed_version,
+        ),
+    )
+    return inst
 
 
 async def list_instances(conn: AsyncConnection, migration: str) -> list[InstanceView]:

@@ -38,6 +38,7 @@ from sqlalchemy.sql import ClauseElement
 from dualwrite.crypto import row_key_of
 from dualwrite.errors import ConfigError, UnsupportedQueryError
 from dualwrite.phases import Behaviour, ReadSource
+from dualwrite.runtime.fence import WriteFence
 from dualwrite.runtime.layout import read_columns
 from dualwrite.runtime.search import table_matches
 from dualwrite.schema.sql import added_columns
@@ -84,6 +85,7 @@ class EncryptedModel:
         self.codec: FieldCodec | None = None
         self.phase: Callable[[], Behaviour | None] = lambda: None
         self.on_columns_dropped: Callable[[], object] | None = None
+        self.fence: WriteFence | None = None
         self._listen()
 
     # --- runtime binding ---------------------------------------------------------------------
@@ -94,14 +96,20 @@ class EncryptedModel:
         phase: Callable[[], Behaviour | None],
         *,
         on_columns_dropped: Callable[[], object] | None = None,
+        fence: WriteFence | None = None,
     ) -> EncryptedModel:
         """Serve the model with ``codec`` (keys, metrics, read events) under the phase that
         ``phase()`` returns (e.g. ``lambda: watcher.behaviour("patients_pii")``; ``None`` while
         the migration is not registered). ``on_columns_dropped`` is called when a ``contract``
-        unit of work finds the plaintext columns dropped (ask the watcher to refresh)."""
+        unit of work finds the plaintext columns dropped (ask the watcher to refresh). With a
+        ``fence`` (the watcher), every unit of work that writes the model fences itself and
+        the watcher heartbeats this migration (:mod:`dualwrite.runtime.fence`)."""
         if codec.spec != self.spec:
             raise ConfigError(f"the codec is not the codec of {self.spec.name}")
         self.codec, self.phase, self.on_columns_dropped = codec, phase, on_columns_dropped
+        self.fence = fence
+        if fence is not None:
+            fence.serve(self.spec.name)
         return self
 
     def require_codec(self) -> FieldCodec:
@@ -234,10 +242,16 @@ class EncryptedModel:
             else:
                 attributes.set_committed_value(target, key, state.dict.get(key))
 
+    def _fence(self, target: Any, connection: Any, b: Behaviour) -> None:
+        from dualwrite.runtime.orm.session import fence_unit_of_work
+
+        fence_unit_of_work(attributes.instance_state(target).session, self, connection, b)
+
     def _before_insert(self, mapper: Any, connection: Any, target: Any) -> None:
         b = self._behaviour(target, connection)
         if b is None:
             return
+        self._fence(target, connection, b)
         fields = list(self.spec.fields)
         values = self._values(target, fields)
         key = getattr(target, self.key_attr)
@@ -291,6 +305,7 @@ class EncryptedModel:
         b = self._behaviour(target, connection)
         if b is None:
             return
+        self._fence(target, connection, b)
         state = attributes.instance_state(target)
         key_changed = state.attrs[self.key_attr].history.has_changes()
         fields = [

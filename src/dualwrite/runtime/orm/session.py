@@ -12,6 +12,11 @@ whose sync session is one) and on :class:`sqlalchemy.engine.Engine`:
   ``finalized`` would (no plaintext column touched) and the owner is told to refresh -- so
   finalizing fails no request. Two extra statements, once per unit of work, in ``contract``
   only;
+* **self-fencing**: the first insert or update of an encrypted model in a unit of work asks the
+  model's fence (the watcher it was bound with, :mod:`dualwrite.runtime.fence`) on the flush's
+  connection whether the phase it took is still current; a stale one raises
+  :class:`~dualwrite.errors.FencedError` before the flush writes anything. Once per unit of
+  work (one ``SELECT`` of the state row);
 * ``do_orm_execute``: ORM ``insert(Model)`` statements (bulk inserts, no per-object events) and
   updates that set an encrypted field are refused; criteria are rewritten or refused
   (:mod:`dualwrite.runtime.orm.criteria`); entity loads get the loader options the phase needs;
@@ -39,9 +44,10 @@ from dualwrite.runtime.search import search_clause
 from dualwrite.runtime.table import without_plaintext_columns
 
 EncryptedModel = Any  # dualwrite.runtime.orm.model.EncryptedModel (which imports this module)
-__all__ = ["install", "register", "unit_of_work_behaviour"]
+__all__ = ["fence_unit_of_work", "install", "register", "unit_of_work_behaviour"]
 
 _INFO = "dualwrite.behaviour"
+_FENCED = "dualwrite.fenced"
 _FLUSHING = "dualwrite.flushing"
 _MODELS: dict[type[Any], EncryptedModel] = {}
 _TABLES: dict[Any, EncryptedModel] = {}
@@ -94,6 +100,18 @@ def unit_of_work_behaviour(
     return b
 
 
+def fence_unit_of_work(
+    session: Session | None, em: EncryptedModel, connection: Any, b: Behaviour
+) -> None:
+    """Ask ``em``'s fence once per unit of work, on the flush's ``connection`` (see above)."""
+    if em.fence is None:
+        return
+    done: set[str] = set() if session is None else session.info.setdefault(_FENCED, set())
+    if em.spec.name not in done:
+        em.fence.fence_sync(connection, em.spec.name, b)
+        done.add(em.spec.name)
+
+
 def _contract_window(session: Session, em: EncryptedModel, b: Behaviour, conn: Any) -> Behaviour:
     conn = conn if conn is not None else session.connection()
     conn.execute(text(f"LOCK TABLE {em.spec.sql_table} IN ACCESS SHARE MODE"))
@@ -113,6 +131,7 @@ def _contract_window(session: Session, em: EncryptedModel, b: Behaviour, conn: A
 def _on_transaction_end(session: Session, transaction: Any) -> None:
     if transaction.parent is None:
         session.info.pop(_INFO, None)
+        session.info.pop(_FENCED, None)
 
 
 def _on_before_flush(session: Session, flush_context: Any, instances: Any) -> None:
