@@ -199,14 +199,29 @@ class ValueType:
         return _FROM_TEXT[self.name](self, text)
 
     def text_of(self, value: Any) -> str | None:
-        """:meth:`encode`, with the plain-text fast path (a ``str`` is its own text)."""
-        if self.plain and (value is None or type(value) is str):
-            return value
+        """:meth:`encode`, with the text fast paths (a ``str`` is its own text when it fits an
+        unpadded column: no NUL, not longer than ``varchar(n)``).
+
+        >>> v = value_type("character varying(3)")
+        >>> v.text_of("abc"), v.text_of("ab  ")
+        ('abc', 'ab ')
+        """
+        if type(value) is str and self.name == "text" and not self.padded:
+            n = self.length
+            if n is None or (len(value) <= n and "\x00" not in value):
+                return value
+        elif value is None:
+            return None
         return self.encode(value)
 
     def value_of(self, text: str | None) -> Any:
-        """:meth:`decode`, with the plain-text fast path."""
-        return text if self.plain else self.decode(text)
+        """:meth:`decode`, with the text fast path (a text column's value is its text)."""
+        return text if self.name == "text" else self.decode(text)
+
+    @property
+    def reads_as_text(self) -> bool:
+        """Whether :meth:`value_of` is the identity (every text kind, padded or not)."""
+        return self.name == "text"
 
     def same(self, text: str | None, value: Any) -> bool:
         """Whether the canonical ``text`` is that of ``value`` (a value that cannot be

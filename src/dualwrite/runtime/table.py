@@ -50,6 +50,7 @@ from sqlalchemy import (
     MetaData,
     Row,
     Table,
+    case,
     func,
     insert,
     select,
@@ -59,7 +60,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnClause
 
 from dualwrite.crypto import row_key_of
-from dualwrite.phases import Behaviour
+from dualwrite.phases import Behaviour, ReadSource
 from dualwrite.runtime.codec import FieldCodec, ReadLayout, read_columns
 from dualwrite.runtime.search import matches, search_clause, table_matches, without_ciphertext
 from dualwrite.schema.sql import added_columns
@@ -73,6 +74,7 @@ __all__ = [
 ]
 
 _UNDEFINED_COLUMN = "42703"
+_Narrow = tuple[Behaviour, tuple[ColumnElement[Any], ...], tuple[str, ...]]
 
 
 def plaintext_columns_dropped(behaviour: Behaviour, exc: BaseException) -> bool:
@@ -148,6 +150,7 @@ class EncryptedTable:
         self._select_cache: dict[
             Behaviour, tuple[tuple[ColumnElement[Any], ...], tuple[str, ...]]
         ] = {}
+        self._narrow_cache: dict[Behaviour, _Narrow] = {}
 
     # --- columns -----------------------------------------------------------------------------
 
@@ -165,6 +168,28 @@ class EncryptedTable:
     def layout(self, behaviour: Behaviour) -> ReadLayout:
         return self.codec.layout(behaviour, self.columns_for(behaviour)[1])
 
+    def narrow_columns(self, behaviour: Behaviour) -> _Narrow:
+        """What a statement NOT drawn for the shadow compare selects (:meth:`fetch`), and the
+        behaviour to decode it with (no shadow compare): a phase reading ciphertext takes a
+        plaintext only where the ciphertext is missing (``CASE WHEN ct IS NULL THEN pt END``,
+        the fallback); a phase reading plaintext takes no ciphertext. Same width as a
+        plaintext read, while a sampled statement still selects both sources in full."""
+        found = self._narrow_cache.get(behaviour)
+        if found is not None:
+            return found
+        b = dataclasses.replace(behaviour, shadow_compare=False)
+        cols, names = self.columns_for(behaviour)
+        c, ct_of = self.table.c, {f.plaintext_column: f.ciphertext_column for f in self.spec.fields}
+        kept: list[ColumnElement[Any]] = []
+        for col, name in zip(cols, names, strict=True):
+            if b.reads_from is ReadSource.CIPHERTEXT and name in ct_of:
+                kept.append(case((c[ct_of[name]].is_(None), col)).label(name))
+            elif b.reads_from is ReadSource.CIPHERTEXT or name not in ct_of.values():
+                kept.append(col)
+        found = (b, tuple(kept), tuple(k.name for k in kept))
+        self._narrow_cache[behaviour] = found
+        return found
+
     # --- rows --------------------------------------------------------------------------------
 
     def decode_rows(
@@ -177,16 +202,7 @@ class EncryptedTable:
         (only ``fields`` of the encrypted fields when given: decode less, filter, then decode
         the survivors fully)."""
         layout = self.layout(behaviour)
-        others = self._other
-        n = len(others)
-        key_i = self._key_index
-        decode = self.codec.decode
-        out = []
-        for row in rows:
-            item = dict(zip(others, row[:n], strict=True))
-            item.update(decode(layout, row, row_key_of(row[key_i]), fields))
-            out.append(item)
-        return out
+        return self.codec.decode_rows(layout, rows, self._other, self._key_index, fields)
 
     # --- statements ----------------------------------------------------------------------------
 
@@ -286,14 +302,7 @@ class EncryptedTable:
         With ``order_by`` and ``limit`` the statement picks the keys first and reads the wide
         rows by primary key (see :meth:`page_statement`).
         """
-        if order_by is not None and limit is not None:
-            stmt = self.page_statement(behaviour, *where, order_by=order_by, limit=limit)
-        else:
-            stmt = self.select(behaviour).where(*where)
-            if order_by is not None:
-                stmt = stmt.order_by(order_by)
-            if limit is not None:
-                stmt = stmt.limit(limit)
+        stmt = self._statement(self.columns_for(behaviour)[0], where, order_by, limit)
         return (await conn.execute(stmt)).all()
 
     def page_statement(
@@ -311,8 +320,7 @@ class EncryptedTable:
         (from ``backfill`` to ``contract`` a read selects both, twice the width of a
         ``plaintext`` read).
         """
-        keys = select(self.key).where(*where).order_by(order_by).limit(limit).correlate(None)
-        return self.select(behaviour).where(self.key.in_(keys)).order_by(order_by)
+        return self._statement(self.columns_for(behaviour)[0], where, order_by, limit)
 
     async def fetch(
         self,
@@ -323,8 +331,28 @@ class EncryptedTable:
         limit: int | None = None,
     ) -> list[dict[str, Any]]:
         """SELECT the rows matching ``where`` in ONE query and decode them."""
-        rows = await self.fetch_rows(conn, behaviour, *where, order_by=order_by, limit=limit)
-        return self.decode_rows(behaviour, rows)
+        b = behaviour
+        if not b.shadow_compare or self.codec.sample_statement():
+            rows = await self.fetch_rows(conn, b, *where, order_by=order_by, limit=limit)
+            layout = self.codec.layout(b, self.columns_for(b)[1], sampled=b.shadow_compare)
+        else:  # the common case: only what the answer needs (see narrow_columns)
+            b, cols, names = self.narrow_columns(b)
+            stmt = self._statement(cols, where, order_by, limit)
+            rows = (await conn.execute(stmt)).all()
+            layout = self.codec.layout(b, names)
+        return self.codec.decode_rows(layout, rows, self._other, self._key_index)
+
+    def _statement(
+        self, cols: Sequence[ColumnElement[Any]], where: Sequence[Any], order_by: Any, limit: Any
+    ) -> Any:
+        """:meth:`fetch_rows`' statement over the columns ``cols``."""
+        if order_by is not None and limit is not None:
+            keys = select(self.key).where(*where).order_by(order_by).limit(limit).correlate(None)
+            return select(*cols).where(self.key.in_(keys)).order_by(order_by)
+        stmt = select(*cols).where(*where)
+        if order_by is not None:
+            stmt = stmt.order_by(order_by)
+        return stmt if limit is None else stmt.limit(limit)
 
     # --- search -------------------------------------------------------------------------------
 
