@@ -277,6 +277,7 @@ class PhaseWatcher:
                 self._outage("heartbeat", exc)
 
     async def _heartbeat_once(self) -> None:
+        p95 = self.metrics.recent_latency.p95_ms() if self.metrics else None  # served requests
         async with self.engine.begin() as conn:
             for state in list(self._states.values()):
                 await fleet.heartbeat(
@@ -291,6 +292,7 @@ class PhaseWatcher:
                         host=self._host,
                         pid=self._pid,
                         poll_interval_seconds=self.poll_interval,
+                        recent_p95_ms=p95,
                     ),
                 )
             await self._flush_read_events(conn)
