@@ -323,23 +323,35 @@ async def _under_load(args: Any, db: Any, keys: dict[str, str], ws: str, ids: li
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     during: list[float] = []
+    fleet: list[float] = []  # the heartbeat's recent_p95_ms (what the budget reads)
     waiter = asyncio.create_task(bf.communicate())
-    while not waiter.done():
-        during += (await _load(c, ws, ids, args.clients, 50))["single"]
+    from dualwrite.db import make_engine
+
+    watch = make_engine(db, pool_size=1)
+    try:
+        while not waiter.done():
+            during += (await _load(c, ws, ids, args.clients, 50))["single"]
+            w = await _raw(watch)
+            got = await w.fetchval("SELECT max(recent_p95_ms) FROM dualwrite_instances")
+            await w.close()
+            if got is not None:
+                fleet.append(float(got))
+    finally:
+        await watch.dispose()
     took = time.perf_counter() - started
     stdout, _ = await waiter
     await c.aclose()
     proc.terminate()
     proc.wait(timeout=30)
     states: dict[str, int] = {}
-    budget = None
+    budget = baseline = None
     for line in stdout.decode().splitlines():
         with contextlib.suppress(ValueError):
             doc = json.loads(line)
             if doc.get("event") == "latency":
                 states[doc.get("state")] = states.get(doc.get("state"), 0) + 1
             elif doc.get("event") == "latency_budget":
-                budget = doc.get("budget_ms")
+                budget, baseline = doc.get("budget_ms"), doc.get("baseline_p95_ms")
     ip, dp = _pct(idle, 0.95), _pct(during, 0.95)
     return {
         "idle_single_p95_ms": ip,
@@ -348,6 +360,9 @@ async def _under_load(args: Any, db: Any, keys: dict[str, str], ws: str, ids: li
         "under_load_backfill_rows_per_s": round(args.rows / took),
         "under_load_backfill_s": round(took, 1),
         "under_load_latency_budget_ms": budget,
+        "under_load_fleet_p95_baseline_ms": baseline,
+        "under_load_fleet_p95_during_max_ms": max(fleet, default=None),
+        "under_load_fleet_p95_during_median_ms": sorted(fleet)[len(fleet) // 2] if fleet else None,
         "under_load_latency_transitions": states,
         "under_load_backfill_exit": bf.returncode,
     }
