@@ -29,6 +29,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "crypto": ("bench_crypto", "FieldCipher encrypt/decrypt vs bare AESGCM per 20-byte field"),
     "backfill": ("bench_backfill", "online backfill throughput (rows/s)"),
     "api": ("bench_api", "API latency with encrypted reads"),
+    "all": ("bench_all", "every issue-12 figure in one run: reads, codec, backfill, memory"),
     "rewrite": (
         "bench_rewrite",
         "rewrite lock time per method (VACUUM FULL, pg_repack), scan rate",

@@ -155,7 +155,7 @@ async def _clone(factory: Any, source: Any) -> Any:
 
 
 async def _raw(engine: Any) -> Any:
-    from dualwrite.backfill import connect_raw
+    from dualwrite.db import connect_raw
 
     return await connect_raw(engine)
 

@@ -261,6 +261,9 @@ def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, unexpected)
 
 
+_NOT_LIVE = ("/admin", "/metrics", "/healthz", "unmatched")  # not the app's own requests
+
+
 class RequestEdge:
     """Pure ASGI wrapper: refuses bodies over ``max_body_bytes`` (413) before the app reads
     them, and times every request into ``dualwrite_http_request_duration_seconds`` labelled by
@@ -273,6 +276,7 @@ class RequestEdge:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self._duration = metrics.http_duration
+        self._recent = metrics.recent_latency
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -298,9 +302,12 @@ class RequestEdge:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
+            took = time.perf_counter() - started
             self._duration.labels(
                 method=scope["method"], route=template, status=str(status_code)
-            ).observe(time.perf_counter() - started)
+            ).observe(took)
+            if not template.startswith(_NOT_LIVE):
+                self._recent.add(took)  # the heartbeat's recent_p95_ms
 
     async def _buffer(self, scope: Scope, receive: Receive) -> Receive | None:
         """Read the whole body (refusing early past the limit); ``None`` if too large."""

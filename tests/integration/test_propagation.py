@@ -181,3 +181,28 @@ async def test_survives_killed_connections(
         version = await move(engine, Phase.BACKFILL)  # LISTEN was re-opened by the poll loop
         assert await w.wait_for_version(NAME, version, timeout=5.0)
     assert "Traceback" not in caplog.text
+
+
+async def test_heartbeat_reports_the_recent_request_p95(
+    engine: AsyncEngine, database_url: URL
+) -> None:
+    """``dualwrite_instances.recent_p95_ms`` carries the p95 of the requests this instance
+    served lately (what the backfill's latency budget reads)."""
+    metrics = Metrics()
+    for ms in range(1, 101):
+        metrics.recent_latency.add(ms / 1000)
+    async with watcher(database_url, poll=0.1, listen=False, metrics=metrics) as (w, _):
+        for _ in range(100):
+            async with engine.connect() as conn:
+                got = (
+                    await conn.execute(
+                        text(
+                            "SELECT recent_p95_ms FROM dualwrite_instances WHERE instance_id = :i"
+                        ),
+                        {"i": w.instance_id},
+                    )
+                ).scalar()
+            if got is not None:
+                break
+            await asyncio.sleep(0.1)
+    assert got == 95.0

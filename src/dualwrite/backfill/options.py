@@ -27,6 +27,12 @@ class BackfillOptions:
     health_every_seconds: float = 1.0
     retry_for_seconds: float = 300.0  # give up after the database stayed away this long
     pipeline_depth: int = 2  # batches in flight, one connection each (see backfill_pass)
+    # the live-latency budget (backfill.latency): target_ms > 0, else factor x the fleet p95
+    # before the start (factor 0: no budget); the fleet p95 from the heartbeats or this URL
+    latency_factor: float = 1.5
+    latency_target_ms: float = 0.0
+    latency_prometheus_url: str = ""
+    latency_check_seconds: float = 1.0
 
 
 @dataclass(slots=True)

@@ -43,6 +43,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dualwrite.backfill import admission
+from dualwrite.backfill.latency import latency_guard
 from dualwrite.backfill.modes import RowCodec
 from dualwrite.backfill.options import MAX_REPORTED_FAILURES, BackfillOptions, BackfillReport
 from dualwrite.backfill.pipeline import BatchDone, PassContext, RunPosition, run_pass
@@ -101,6 +102,7 @@ class Backfiller:
         self._state = "running"
         self._done_before = 0  # rows of earlier runs of this process (watch mode)
         self.failed_seen: set[str] = set()
+        self.latency = latency_guard(migration, options, self.metrics, self.progress.event)
 
     def request_stop(self) -> None:
         """Finish the batches in flight, checkpoint, and return (SIGTERM / SIGINT)."""
@@ -371,7 +373,8 @@ class Backfiller:
 
     async def health_problem(self, conn: asyncpg.Connection) -> str | None:
         """Why the database is too busy for the next batch (probed at most every
-        ``health_every_seconds``), or ``None``."""
+        ``health_every_seconds``), or ``None``; first holds for the latency budget."""
+        await self.latency.before_batch(conn, self._hold)
         o = self.options
         if o.max_active_backends <= 0 and o.max_replication_lag_seconds <= 0:
             return None

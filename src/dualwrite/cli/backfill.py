@@ -3,6 +3,10 @@
     $ dualwrite backfill --migration clients_pii --mode encrypt --once
     $ dualwrite backfill --migration clients_pii --mode encrypt --workers 2 --metrics-port 9200
     $ dualwrite backfill --migration clients_pii --mode purge --dry-run
+    $ dualwrite backfill --mode encrypt --latency-target-ms 80   # hold while live p95 > 80 ms
+
+While it runs, the backfill protects live latency (:mod:`dualwrite.backfill.latency`): it slows
+down, then pauses, while the fleet's recent p95 exceeds 1.5x the p95 it saw at the start.
 
 Refusals (unknown migration, a phase that does not allow the mode, missing keys, a decrypt
 in ``read_switch`` before every live instance observed it) print one line and exit 1 before any
@@ -45,6 +49,15 @@ def backfill(
     json_lines: Annotated[
         bool, typer.Option("--json", help="JSON lines even on a terminal")
     ] = False,
+    latency_factor: Annotated[
+        float, typer.Option(min=0, help="live p95 budget = this x the fleet p95 at start (0: off)")
+    ] = 1.5,
+    latency_target_ms: Annotated[
+        float, typer.Option(min=0, help="an absolute live p95 budget in ms (instead)")
+    ] = 0.0,
+    latency_prometheus_url: Annotated[
+        str, typer.Option(help="instant-query URL giving the fleet p95 in ms (default: heartbeats)")
+    ] = "",
 ) -> None:
     """Convert rows of a live table (encrypt, decrypt for rollback, re-key, purge plaintext)."""
     try:
@@ -82,6 +95,9 @@ def backfill(
         poll_seconds=s.poll_interval_seconds,
         max_active_backends=s.backfill_max_active_backends,
         max_replication_lag_seconds=s.backfill_max_replication_lag_seconds,
+        latency_factor=latency_factor,
+        latency_target_ms=latency_target_ms,
+        latency_prometheus_url=latency_prometheus_url,
     )
     metrics = Metrics()
     metrics.set_keyring(keyring)

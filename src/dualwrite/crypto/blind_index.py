@@ -37,6 +37,7 @@ with a UNIQUE index.
 from __future__ import annotations
 
 import hmac
+import re
 import unicodedata
 from typing import TYPE_CHECKING, Literal
 
@@ -55,7 +56,7 @@ MIN_KEY_BYTES = 32
 _KIND_TAGS: dict[str, bytes] = {
     k: BLIND_INDEX_DOMAIN + k.encode("ascii") + b"|" for k in ("email", "phone", "text", "exact")
 }
-_ASCII_DIGITS = frozenset("0123456789")
+_NOT_ASCII_DIGIT = re.compile("[^0-9]")  # a literal range: ASCII digits only
 
 
 class BlindIndex:
@@ -101,11 +102,11 @@ class BlindIndex:
             raise TypeError(f"blind index value must be str, got {type(value).__name__}")
         if kind == "exact":
             return value
-        text = unicodedata.normalize("NFKC", value)
+        text = value if value.isascii() else unicodedata.normalize("NFKC", value)  # ASCII: stable
         if kind == "email":
             return text.strip().casefold()
         if kind == "phone":
-            return "".join(ch for ch in text if ch in _ASCII_DIGITS)
+            return _NOT_ASCII_DIGIT.sub("", text)
         if kind == "text":
             return " ".join(text.casefold().split())
         raise ValueError("blind index kind must be 'email', 'phone', 'text' or 'exact'")

@@ -250,6 +250,26 @@ class FieldCipher:
                 append(self.decrypt(ct, table=table, column=column, row_key=row_key))
         return out
 
+    def sealer(self, table: str, column: str) -> tuple[bytes, _Seal, tuple[Any, ...]]:
+        """Low level, for callers that inline :meth:`encrypt` over many values (the field
+        codec): ``(head, seal, pres)`` of the current version for ``table.column``, where a
+        ciphertext is ``head + nonce + seal(nonce, data, pres[len(rk)] + rk)`` for a row key
+        ``rk`` of 1..127 UTF-8 bytes and a fresh 12-byte ``nonce``. Anything else goes
+        through :meth:`encrypt`.
+        """
+        if table not in self._enc or column not in self._enc[table]:
+            self._slots_for(table, column)
+        return self._enc[table][column]
+
+    def openers(self, table: str, column: str) -> dict[Any, tuple[_Seal, tuple[Any, ...]]]:
+        """Low level, the reverse of :meth:`sealer`: ``head -> (open, pres)`` per single-digit
+        key version, where ``open(ct[3:15], ct[15:], pres[len(rk)] + rk)`` is the plaintext
+        bytes; any miss or failure must be handed to :meth:`decrypt` for its precise error.
+        """
+        if table not in self._dec or column not in self._dec[table]:
+            self._slots_for(table, column)
+        return self._dec[table][column]
+
     # --- exact, checked paths ----------------------------------------------------------------
 
     def seal(self, key_version: str, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:

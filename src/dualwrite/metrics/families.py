@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Literal
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from dualwrite.metrics import multiprocess
+from dualwrite.metrics.latency import RecentLatency
 
 if TYPE_CHECKING:
     from dualwrite.crypto import Keyring
@@ -52,6 +53,8 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        # not a Prometheus family: the p95 of the last seconds, for the heartbeat
+        self.recent_latency = RecentLatency()
 
         def gauge(name: str, doc: str, labels: list[str], mode: GaugeMode) -> Gauge:
             return Gauge(name, doc, labels, registry=r, multiprocess_mode=mode)
@@ -160,8 +163,14 @@ class Metrics:
         )
         self.backfill_throttle = gauge(
             "dualwrite_backfill_throttled",
-            "1 while the backfiller is held back, by reason (paused, rate, health)",
+            "1 while the backfiller is held back, by reason (paused, rate, health, latency)",
             ["migration", "reason"],
+            "livemax",
+        )
+        self.backfill_latency = gauge(
+            "dualwrite_backfill_latency_ms",
+            "The backfill's live-latency budget and the fleet p95 it last read (kind)",
+            ["migration", "kind"],
             "livemax",
         )
         # --- verification and gate ---------------------------------------------------------

@@ -6,14 +6,16 @@ Split from :mod:`dualwrite.runtime.codec` (which re-exports :func:`read_columns`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+from dualwrite.crypto import BlindIndex, FieldCipher
 from dualwrite.crypto.values import ValueType
 from dualwrite.phases import Behaviour, ReadSource
 from dualwrite.spec import FieldSpec, MigrationSpec
 
-__all__ = ["ReadLayout", "read_columns"]
+__all__ = ["ReadLayout", "open_plan", "read_columns", "seal_plan"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +42,35 @@ class ReadLayout:
 
     behaviour: Behaviour
     slots: tuple[tuple[_Field, int | None, int | None], ...]  # (field, plaintext idx, ct idx)
+    # the codec's decrypt plan for these slots (built with the layout; not part of equality)
+    plan: tuple[tuple[Any, ...], ...] | None = field(default=None, compare=False, repr=False)
+    sampled: bool = False  # a statement drawn for the shadow compare: compare every row
+
+
+def seal_plan(
+    cipher: FieldCipher, table: str, fields: Mapping[str, _Field], index: BlindIndex | None
+) -> dict[str, tuple[Any, ...]]:
+    """Per field name: ``(field, head, seal, pres, text_of, blind-index fn or None)``, what the
+    codec's write path inlines (see :meth:`FieldCipher.sealer`)."""
+    return {
+        name: (
+            f, *cipher.sealer(table, name), f.vt.text_of,
+            index.stored if (f.bidx is not None and index is not None) else None,
+        )
+        for name, f in fields.items()
+    }  # fmt: skip
+
+
+def open_plan(
+    cipher: FieldCipher, table: str, slots: Sequence[tuple[_Field, int | None, int | None]]
+) -> tuple[tuple[Any, ...], ...]:
+    """Per slot: ``(field, plaintext idx, ciphertext idx, openers, value_of or None)``, what the
+    codec's read path inlines (see :meth:`FieldCipher.openers`)."""
+    return tuple(
+        (f, pt_i, ct_i, cipher.openers(table, f.name),
+         None if f.vt.reads_as_text else f.vt.value_of)
+        for f, pt_i, ct_i in slots
+    )  # fmt: skip
 
 
 def read_columns(spec: MigrationSpec, behaviour: Behaviour) -> tuple[str, ...]:

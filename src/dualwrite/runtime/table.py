@@ -23,16 +23,9 @@ statement; an update touches only the fields it is given -- except a primary-key
 re-encrypts every field under the new key (a ciphertext is bound to its row's key). Rows come
 back as plain dicts keyed by attribute name.
 
-Search on a blind-indexed field (:meth:`EncryptedTable.search_clause`): while the plaintext
-column exists and reads may serve it (``plaintext`` .. ``contract``), rows without a blind index
-(not yet backfilled, or changed by a legacy writer: the guard trigger cleared it) are matched by
-their plaintext, so the clause is ``bidx = :b OR (bidx IS NULL AND <plaintext matches>)`` --
-both arms are index scans on ``(scope, <field>_bidx)``; once the plaintext columns are gone
-(``finalized``) it is ``bidx = :b`` alone. The plaintext arm compares a normal form
-computed in SQL (``lower(btrim(email))``, digits of a phone), a close but not exact copy of the
-blind-index normalisation (no Unicode NFKC/casefold in SQL); :meth:`EncryptedTable.matches`
-re-checks the decoded rows with the exact rule, so every phase answers the same for ASCII data.
-An ``exact`` field (a date of birth) compares the plaintext column with the value itself.
+Search on a blind-indexed field (:meth:`EncryptedTable.search_clause`) also finds, by their
+plaintext, rows without a blind index while reads may serve plaintext
+(:mod:`dualwrite.runtime.search` draws the clause).
 
 Self-fencing: with a ``fence`` (the app's :class:`~dualwrite.runtime.watcher.PhaseWatcher`),
 :meth:`EncryptedTable.insert` and :meth:`EncryptedTable.update` first check, in the caller's
@@ -60,6 +53,7 @@ from sqlalchemy import (
     MetaData,
     Row,
     Table,
+    case,
     func,
     insert,
     select,
@@ -69,10 +63,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnClause
 
 from dualwrite.crypto import row_key_of
-from dualwrite.phases import Behaviour
+from dualwrite.phases import Behaviour, ReadSource
 from dualwrite.runtime.codec import FieldCodec, ReadLayout, read_columns
 from dualwrite.runtime.fence import WriteFence
 from dualwrite.runtime.search import matches, search_clause, table_matches, without_ciphertext
+from dualwrite.runtime.window import plaintext_columns_dropped, without_plaintext_columns
 from dualwrite.schema.sql import added_columns
 from dualwrite.spec import MigrationSpec
 
@@ -83,39 +78,7 @@ __all__ = [
     "without_plaintext_columns",
 ]
 
-_UNDEFINED_COLUMN = "42703"
-
-
-def plaintext_columns_dropped(behaviour: Behaviour, exc: BaseException) -> bool:
-    """Whether ``exc`` is PostgreSQL's "column does not exist" in a phase that no longer
-    writes plaintext but still expects its columns (``contract``): the contract revision has
-    just dropped them and this instance has not observed ``finalized`` yet.
-
-    The caller then retries once (in a new transaction) with
-    :func:`without_plaintext_columns`, so finalizing causes no failed request.
-    """
-    if not behaviour.plaintext_column_exists or behaviour.writes_plaintext:
-        return False
-    orig = getattr(exc, "orig", None)
-    return getattr(orig, "sqlstate", None) == _UNDEFINED_COLUMN
-
-
-def without_plaintext_columns(behaviour: Behaviour) -> Behaviour:
-    """``behaviour`` minus everything that touches the plaintext columns.
-
-    >>> from dualwrite.phases import behaviour
-    >>> b = without_plaintext_columns(behaviour("contract"))
-    >>> b.plaintext_column_exists, b.nulls_plaintext, b.fallback_to_plaintext, b.reads_from.value
-    (False, False, False, 'ciphertext')
-    """
-    return dataclasses.replace(
-        behaviour,
-        plaintext_column_exists=False,
-        writes_plaintext=False,
-        nulls_plaintext=False,
-        fallback_to_plaintext=False,
-        shadow_compare=False,
-    )
+_Narrow = tuple[Behaviour, tuple[ColumnElement[Any], ...], tuple[str, ...]]
 
 
 def plain_table_of(model_or_table: Any) -> Table:
@@ -167,6 +130,7 @@ class EncryptedTable:
         self._select_cache: dict[
             Behaviour, tuple[tuple[ColumnElement[Any], ...], tuple[str, ...]]
         ] = {}
+        self._narrow_cache: dict[Behaviour, _Narrow] = {}
 
     # --- columns -----------------------------------------------------------------------------
 
@@ -184,6 +148,28 @@ class EncryptedTable:
     def layout(self, behaviour: Behaviour) -> ReadLayout:
         return self.codec.layout(behaviour, self.columns_for(behaviour)[1])
 
+    def narrow_columns(self, behaviour: Behaviour) -> _Narrow:
+        """What a statement NOT drawn for the shadow compare selects (:meth:`fetch`), and the
+        behaviour to decode it with (no shadow compare): a phase reading ciphertext takes a
+        plaintext only where the ciphertext is missing (``CASE WHEN ct IS NULL THEN pt END``,
+        the fallback); a phase reading plaintext takes no ciphertext. Same width as a
+        plaintext read, while a sampled statement still selects both sources in full."""
+        found = self._narrow_cache.get(behaviour)
+        if found is not None:
+            return found
+        b = dataclasses.replace(behaviour, shadow_compare=False)
+        cols, names = self.columns_for(behaviour)
+        c, ct_of = self.table.c, {f.plaintext_column: f.ciphertext_column for f in self.spec.fields}
+        kept: list[ColumnElement[Any]] = []
+        for col, name in zip(cols, names, strict=True):
+            if b.reads_from is ReadSource.CIPHERTEXT and name in ct_of:
+                kept.append(case((c[ct_of[name]].is_(None), col)).label(name))
+            elif b.reads_from is ReadSource.CIPHERTEXT or name not in ct_of.values():
+                kept.append(col)
+        found = (b, tuple(kept), tuple(k.name for k in kept))
+        self._narrow_cache[behaviour] = found
+        return found
+
     # --- rows --------------------------------------------------------------------------------
 
     def decode_rows(
@@ -196,16 +182,7 @@ class EncryptedTable:
         (only ``fields`` of the encrypted fields when given: decode less, filter, then decode
         the survivors fully)."""
         layout = self.layout(behaviour)
-        others = self._other
-        n = len(others)
-        key_i = self._key_index
-        decode = self.codec.decode
-        out = []
-        for row in rows:
-            item = dict(zip(others, row[:n], strict=True))
-            item.update(decode(layout, row, row_key_of(row[key_i]), fields))
-            out.append(item)
-        return out
+        return self.codec.decode_rows(layout, rows, self._other, self._key_index, fields)
 
     # --- statements ----------------------------------------------------------------------------
 
@@ -346,14 +323,7 @@ class EncryptedTable:
         With ``order_by`` and ``limit`` the statement picks the keys first and reads the wide
         rows by primary key (see :meth:`page_statement`).
         """
-        if order_by is not None and limit is not None:
-            stmt = self.page_statement(behaviour, *where, order_by=order_by, limit=limit)
-        else:
-            stmt = self.select(behaviour).where(*where)
-            if order_by is not None:
-                stmt = stmt.order_by(order_by)
-            if limit is not None:
-                stmt = stmt.limit(limit)
+        stmt = self._statement(self.columns_for(behaviour)[0], where, order_by, limit)
         return (await conn.execute(stmt)).all()
 
     def page_statement(
@@ -371,8 +341,7 @@ class EncryptedTable:
         (from ``backfill`` to ``contract`` a read selects both, twice the width of a
         ``plaintext`` read).
         """
-        keys = select(self.key).where(*where).order_by(order_by).limit(limit).correlate(None)
-        return self.select(behaviour).where(self.key.in_(keys)).order_by(order_by)
+        return self._statement(self.columns_for(behaviour)[0], where, order_by, limit)
 
     async def fetch(
         self,
@@ -383,8 +352,28 @@ class EncryptedTable:
         limit: int | None = None,
     ) -> list[dict[str, Any]]:
         """SELECT the rows matching ``where`` in ONE query and decode them."""
-        rows = await self.fetch_rows(conn, behaviour, *where, order_by=order_by, limit=limit)
-        return self.decode_rows(behaviour, rows)
+        b = behaviour
+        if not b.shadow_compare or self.codec.sample_statement():
+            rows = await self.fetch_rows(conn, b, *where, order_by=order_by, limit=limit)
+            layout = self.codec.layout(b, self.columns_for(b)[1], sampled=b.shadow_compare)
+        else:  # the common case: only what the answer needs (see narrow_columns)
+            b, cols, names = self.narrow_columns(b)
+            stmt = self._statement(cols, where, order_by, limit)
+            rows = (await conn.execute(stmt)).all()
+            layout = self.codec.layout(b, names)
+        return self.codec.decode_rows(layout, rows, self._other, self._key_index)
+
+    def _statement(
+        self, cols: Sequence[ColumnElement[Any]], where: Sequence[Any], order_by: Any, limit: Any
+    ) -> Any:
+        """:meth:`fetch_rows`' statement over the columns ``cols``."""
+        if order_by is not None and limit is not None:
+            keys = select(self.key).where(*where).order_by(order_by).limit(limit).correlate(None)
+            return select(*cols).where(self.key.in_(keys)).order_by(order_by)
+        stmt = select(*cols).where(*where)
+        if order_by is not None:
+            stmt = stmt.order_by(order_by)
+        return stmt if limit is None else stmt.limit(limit)
 
     # --- search -------------------------------------------------------------------------------
 

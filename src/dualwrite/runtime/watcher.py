@@ -375,6 +375,7 @@ class PhaseWatcher:
 
     async def _heartbeat_once(self) -> None:
         longest = self._inflight.longest_seconds()
+        p95 = self.metrics.recent_latency.p95_ms() if self.metrics else None  # served requests
         async with self.engine.begin() as conn:
             for name in self._served_names():
                 version, phase = self._inflight.reportable(self._states[name])
@@ -391,6 +392,7 @@ class PhaseWatcher:
                         pid=self._pid,
                         poll_interval_seconds=self.poll_interval,
                         longest_request_seconds=longest,
+                        recent_p95_ms=p95,
                     ),
                 )
             await self._flush_read_events(conn)
