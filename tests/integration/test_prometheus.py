@@ -194,7 +194,9 @@ async def scenario(live: Live) -> None:
     # a ciphertext altered in the table: the read answers 500, a decrypt failure; the counter
     # is exported at 0 before it, so that Prometheus sees the very first failure as an increase
     failures = 'sum(dualwrite_crypto_failures_total{operation="decrypt", field="email"})'
-    assert await live.prom.value(failures) == 0
+    await eventually(  # scraped at least once since the workers started
+        lambda: live.prom.value(failures), lambda v: v == 0, timeout=30, what="failures at 0"
+    )
     live.tampered = ids[100]
     await flip_byte(engine, ids[100], "email_encrypted", 20)
     assert (await call("GET", ROUTE_ONE, f"{base}/{ids[100]}")).status_code == 500

@@ -96,8 +96,10 @@ def test_guard_holds_reports_and_resumes() -> None:
     waits = [s for _, s in held]
     assert waits[:4] == [0.5, 1.0, 2.0, 2.0] and 2.0 not in waits[5:]
     assert guard.throttle is not None and guard.throttle.last.state == "running"
-    assert metrics.value("dualwrite_backfill_latency_ms", migration="m", kind="budget") == 30.0
-    assert metrics.value("dualwrite_backfill_latency_ms", migration="m", kind="fleet_p95") == 10.0
+    assert metrics.value("dualwrite_backfill_latency_seconds", migration="m", kind="budget") == 0.03
+    assert (
+        metrics.value("dualwrite_backfill_latency_seconds", migration="m", kind="fleet_p95") == 0.01
+    )
     reasons = [f["reason"] for name, f in events if name == "latency" and f["state"] == "paused"]
     assert reasons == ["fleet p95 50.0 ms > budget 30.0 ms"]
 

@@ -188,7 +188,7 @@ class LatencyGuard:
     def _gauge(self, kind: str, value: float | None) -> None:
         if self.metrics is not None:
             g = self.metrics.backfill_latency.labels(self.migration, kind)
-            g.set(-1 if value is None else value)
+            g.set(-1 if value is None else value / 1000.0)  # milliseconds to seconds
 
 
 async def _http_get(url: str) -> str:

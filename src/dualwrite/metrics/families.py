@@ -168,8 +168,8 @@ class Metrics:
             "livemax",
         )
         self.backfill_latency = gauge(
-            "dualwrite_backfill_latency_ms",
-            "The backfill's live-latency budget and the fleet p95 it last read (kind)",
+            "dualwrite_backfill_latency_seconds",
+            "The backfill's live-latency budget and the fleet p95 it last read (kind; -1: none)",
             ["migration", "kind"],
             "livemax",
         )
