@@ -34,12 +34,11 @@ from typing import Any
 
 import asyncpg
 import httpx
-from sqlalchemy.exc import DBAPIError
 
 from dualwrite.phases import BackfillMode, Phase, backfill_mode_allowed
 from tests.chaos import sql
 from tests.chaos.model import FIELDS, Model, RowModel, Write, values_for
-from tests.chaos.rig import Instance, Rig
+from tests.chaos.rig import POLL, Instance, Rig
 
 OPTIONAL = tuple(f for f in FIELDS if f not in ("first_name", "last_name"))
 OPS = {
@@ -254,7 +253,8 @@ class Chaos:
                 if done != "UPDATE 1":
                     self.model.fail(f"{kind} w{w.seq} of {row.key}: {done}")
 
-            if self.sql_outcome(kind, await sql.transaction(self.rig.engine, body, replica=replica)):
+            outcome = await sql.transaction(self.rig.engine, body, replica=replica)
+            if self.sql_outcome(kind, outcome):
                 self.model.ack(w)
         finally:
             self.release(rows)
@@ -392,7 +392,7 @@ class Chaos:
                 return
             try:
                 await self.one_move(rng)
-            except (DBAPIError, OSError, asyncpg.PostgresError) as exc:
+            except Exception as exc:  # a fault hit the operator's own session; go on
                 self.history.append(f"move interrupted ({type(exc).__name__}: {str(exc)[:90]})")
             finally:
                 self.sql_open.set()
@@ -409,13 +409,14 @@ class Chaos:
         target = forward if (forward and (back is None or rng.random() < 0.6)) else back
         if target is None:
             return
-        if (p, target) in ((Phase.BACKFILL, Phase.READ_SWITCH), (Phase.CONTRACT, Phase.FINALIZED)):
-            if rng.random() < 0.7:  # the other writers pause (retired) while the operator works
-                self.sql_open.clear()
+        prepared = ((Phase.BACKFILL, Phase.READ_SWITCH), (Phase.CONTRACT, Phase.FINALIZED))
+        if (p, target) in prepared and rng.random() < 0.7:
+            self.sql_open.clear()  # the other writers pause (retired) while the operator works
         outcome = await self.rig.step(target, tries=3)
         self.sql_open.set()
         if outcome == "moved":
             self.moves += 1
+            self.model.phase = str(target)
         self.history.append(f"{p}->{target}:{outcome[:60]}")
 
     def fault_plan(self) -> list[tuple[float, str]]:
@@ -443,7 +444,7 @@ class Chaos:
                 return
             try:
                 await getattr(self, kind)(rng)
-            except (DBAPIError, OSError, asyncpg.PostgresError) as exc:
+            except Exception as exc:  # a fault hit the operator's own session; go on
                 self.history.append(f"{kind} interrupted ({type(exc).__name__}: {str(exc)[:90]})")
 
     async def backfill_kill(self, rng: random.Random) -> None:
@@ -501,8 +502,12 @@ class Chaos:
             starts.append(Phase.FINALIZED)
             weights.append(1)
         start = self.rng.choices(starts, weights)[0]
-        await rig.converge(lambda p: p is start)
-        self.history.append(f"start in {start}")
+        try:
+            await rig.converge(lambda p: p is start, timeout=20)
+            self.history.append(f"start in {start}")
+            self.model.phase = str(start)
+        except AssertionError as exc:  # left so by an earlier seed (reported there)
+            self.history.append(f"start in {await rig.phase()}, not {start}: {exc}")
         timings = {"start": time.monotonic() - t0}
         await asyncio.gather(*(self.api_create(self.rng) for _ in range(8)))
         await self.legacy_insert(self.rng, n=8)
@@ -529,6 +534,13 @@ class Chaos:
         read, bad = await rig.read_workspace(self.model.workspace, rig.read_behaviour(final))
         sides = await rig.both_sides(self.model.workspace)
         present, problems = self.model.check(read, bad, sides)
+        if final is Phase.READ_SWITCH:
+            problems += await self.rollback_possible()
+        triggers = await rig.triggers()
+        if problems or triggers.get("dualwrite_stale_guard") != "A":
+            problems.append(f"(context) triggers on clients now: {triggers or 'none'}")
+        self.history += rig.notes
+        rig.notes.clear()
         timings["check"] = time.monotonic() - t2
         return Result(
             seed=self.seed, attempted=self.model.attempted,
@@ -538,6 +550,25 @@ class Chaos:
             refusals=dict(self.model.expected_refusals), history=self.history,
             final_phase=str(final), timings=timings,
         )  # fmt: skip
+
+    async def rollback_possible(self) -> list[str]:
+        """Every step before ``finalized`` rolls back: from ``read_switch`` that needs every
+        ciphertext's plaintext. Rows written under ``contract`` after a move back to
+        ``read_switch`` (by instances, or requests, still in ``contract``) break it; this code
+        cannot decrypt in ``read_switch``, so the rig recovers (forced, audited) for the next
+        seed."""
+        await asyncio.sleep(4 * POLL)  # every instance has observed read_switch by now
+        missing = await self.rig.rows_without_plaintext()
+        if not missing:
+            return []
+        mine = missing.get(self.model.workspace, 0)
+        recovered = await self.rig.recover()
+        self.history.append(f"recovered read_switch: {recovered}")
+        return [
+            f"read_switch cannot move back: {sum(missing.values())} rows ({mine} of this seed) "
+            f"hold ciphertext without plaintext (written under contract after contract -> "
+            f"read_switch) and decrypt is not allowed in read_switch"
+        ]
 
 
 async def run_seed(

@@ -38,7 +38,9 @@ from clients_service.schema import CLIENTS_PII
 FIELDS: tuple[str, ...] = tuple(CLIENTS_PII.field_names)
 
 
-def values_for(seq: int, fields: Iterable[str], nulls: frozenset[str] = frozenset()) -> dict[str, Any]:
+def values_for(
+    seq: int, fields: Iterable[str], nulls: frozenset[str] = frozenset()
+) -> dict[str, Any]:
     """Unique, valid values of write ``seq`` for ``fields`` (``nulls`` get ``None``)."""
     make = {
         "first_name": f"F{seq}",
@@ -86,6 +88,7 @@ class Model:
         self.failures: list[str] = []
         self.busy: set[str] = set()
         self._seq = itertools.count(1)
+        self.phase = ""  # the phase the conductor last moved to (tags the writes)
 
     # --- bookkeeping ------------------------------------------------------------------------
 
@@ -111,11 +114,11 @@ class Model:
         self.acknowledged += 1
         if w.row is None:
             assert key is not None
-            w.row = self.add_row(key, w.changes, w.kind)
+            w.row = self.add_row(key, w.changes, f"{w.kind}@{self.phase}" if self.phase else w.kind)
             for f in FIELDS:
                 w.row.last_seq[f] = w.seq
             return
-        w.row.tags.add(w.kind)
+        w.row.tags.add(f"{w.kind}@{self.phase}" if self.phase else w.kind)
         for f, v in w.changes.items():
             w.row.values[f] = v
             w.row.last_seq[f] = w.seq
@@ -176,10 +179,11 @@ class Model:
             for f in FIELDS:
                 ok = {row.values[f], *row.alternatives.get(f, ())}
                 if got.get(f) not in ok:
+                    alt = row.alternatives.get(f)
+                    other = f" or one of {sorted(map(str, alt))}" if alt else ""
                     problems.append(
-                        f"row {key} field {f}: read {got.get(f)!r}, expected {row.values[f]!r}"
-                        f"{' or one of ' + repr(sorted(map(str, row.alternatives[f]))) if f in row.alternatives else ''}"
-                        f"; {self._hint(row)}"
+                        f"row {key} field {f}: read {got.get(f)!r}, expected "
+                        f"{row.values[f]!r}{other}; {self._hint(row)}"
                     )
         known = set(self.rows)
         for key, got in read.items():

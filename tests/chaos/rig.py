@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import shutil
 import tempfile
 import uuid
@@ -109,6 +110,7 @@ class Rig:
         self.finalize_allowed = FULL_PATH
         self.restarts = 0
         self.starting: dict[str, asyncio.Task[None]] = {}
+        self.notes: list[str] = []  # what the rig found and did on the operator's side
 
     # --- processes ----------------------------------------------------------------------------
 
@@ -207,7 +209,16 @@ class Rig:
         """What an operator runs before a move so its guards can pass."""
         if (current, target) == (Phase.BACKFILL, Phase.READ_SWITCH):
             await self.backfill(BackfillMode.ENCRYPT)
-            await verify(self.engine, CLIENTS_PII, self.cipher, self.bidx, full=True)
+            report = await verify(self.engine, CLIENTS_PII, self.cipher, self.bidx, full=True)
+            if not report.ok:  # what an operator does in backfill (plaintext is read there)
+                fixed = await verify(
+                    self.engine, CLIENTS_PII, self.cipher, self.bidx, full=True, repair=True
+                )
+                self.notes.append(
+                    f"verify in backfill: {report.mismatched} mismatched, {report.missing} "
+                    f"missing, {report.undecryptable} undecryptable rows; repaired {fixed.repaired}"
+                )
+                await verify(self.engine, CLIENTS_PII, self.cipher, self.bidx, full=True)
         elif (current, target) == (Phase.CONTRACT, Phase.FINALIZED):
             await self.backfill(BackfillMode.PURGE)
         elif (current, target) == (Phase.CONTRACT, Phase.READ_SWITCH):
@@ -248,12 +259,53 @@ class Rig:
             nearest = min(wanted, key=lambda q: abs(q.index - p.index))
             nxt = order[p.index + (1 if nearest.index > p.index else -1)]
             outcome = await self.step(nxt)
-            if p is Phase.READ_SWITCH and "no_plaintext_fallbacks" in outcome + " " or (
-                "no_shadow_mismatches" in outcome
-            ):
+            reads_refused = "no_plaintext_fallbacks" in outcome or "no_shadow_mismatches" in outcome
+            if p is Phase.READ_SWITCH and reads_refused:
                 outcome = await self.step(Phase.BACKFILL)  # a fresh switch, counted from zero
             if outcome != "moved":
                 await asyncio.sleep(POLL)
+
+    async def rows_without_plaintext(self) -> dict[str, int]:
+        """workspace -> rows holding a ciphertext whose plaintext is NULL (what the
+        ``plaintext_complete`` guard counts), when the plaintext columns exist."""
+        async with self.engine.connect() as conn:
+            if not await inspector.plaintext_columns_present(conn, CLIENTS_PII):
+                return {}
+            cond = " OR ".join(
+                f"({CLIENTS_PII.field(f).ciphertext_column} IS NOT NULL AND {f} IS NULL)"
+                for f in FIELDS
+            )
+            rows = await conn.execute(
+                text(f"SELECT workspace_id, count(*) FROM clients WHERE {cond} GROUP BY 1")
+            )
+            return {str(r[0]): int(r[1]) for r in rows}
+
+    async def triggers(self) -> dict[str, str]:
+        """The dualwrite triggers on the table and how they are enabled (``A``: always,
+        ``O``: origin only, ``D``: disabled)."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT tgname, tgenabled FROM pg_trigger WHERE tgrelid = 'clients'::regclass"
+                    " AND NOT tgisinternal AND tgname LIKE 'dualwrite%'"
+                )
+            )
+            return {
+                str(r[0]): r[1].decode() if isinstance(r[1], bytes) else str(r[1]) for r in rows
+            }
+
+    async def recover(self) -> str:
+        """Get a ``read_switch`` that cannot move back going again, the way an operator can on
+        this code: a forced move to ``contract`` (audited), decrypt there, back unforced."""
+        try:
+            await change_phase(
+                self.engine, MIGRATION, Phase.CONTRACT, actor="chaos",
+                reason="chaos: recover a read_switch that cannot roll back", force=True,
+                settings=self.settings, keyring_current="v1",
+            )  # fmt: skip
+        except PhaseError as exc:
+            return f"recovery refused: {exc}"
+        return await self.step(Phase.READ_SWITCH, tries=50)
 
     # --- reading back -------------------------------------------------------------------------
 
@@ -332,6 +384,9 @@ class Rig:
 async def open_rig(n_instances: int = 2, spares: int = 2) -> AsyncIterator[Rig]:
     """A server of its own, the expanded database, the API instances started and healthy."""
     folder = Path(tempfile.mkdtemp(prefix="dualwrite-chaos-"))
+    quiet = logging.getLogger("dualwrite")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # thousands of refused moves and retried batches
     try:
         async with own_server() as factory:
             assert factory.folder is not None
@@ -343,4 +398,5 @@ async def open_rig(n_instances: int = 2, spares: int = 2) -> AsyncIterator[Rig]:
             finally:
                 await rig.close()
     finally:
+        quiet.setLevel(level)
         shutil.rmtree(folder, ignore_errors=True)
