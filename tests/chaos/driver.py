@@ -45,6 +45,13 @@ OPS = {
     "api_create": 10, "api_patch": 26, "api_get": 10, "legacy_update": 8, "legacy_insert": 3,
     "replica_update": 6, "copy": 3, "pk_change": 4, "multi_tx": 5,
 }  # fmt: skip
+SQL_OPS = frozenset(
+    {"legacy_update", "legacy_insert", "replica_update", "copy", "pk_change", "multi_tx"}
+)
+LEGACY_IN_CONTRACT = os.environ.get("DUALWRITE_CHAOS_LEGACY_IN_CONTRACT", "1") != "0"
+"""Plaintext-only SQL writers keep writing in ``contract`` and ``finalized`` (default). A NULL
+they write where the plaintext is already NULL cannot be told from no change, so the old
+ciphertext stays; ``DUALWRITE_CHAOS_LEGACY_IN_CONTRACT=0`` retires them from ``contract`` on."""
 FAULTS = {"backfill_kill": 3, "api_kill": 3, "pg_restart": 2, "pg_terminate": 3}
 
 
@@ -360,9 +367,11 @@ class Chaos:
         names, weights = list(OPS), list(OPS.values())
         while not self.stop.is_set():
             op = rng.choices(names, weights)[0]
-            if op in ("legacy_update", "legacy_insert", "replica_update", "copy", "pk_change",
-                      "multi_tx"):  # fmt: skip
+            if op in SQL_OPS:
                 await self.sql_open.wait()
+                retired = self.model.phase in ("contract", "finalized")
+                if retired and not LEGACY_IN_CONTRACT:
+                    op = "api_patch"
             match op:
                 case "api_create":
                     await self.api_create(rng)
@@ -507,7 +516,8 @@ class Chaos:
             self.history.append(f"start in {start}")
             self.model.phase = str(start)
         except AssertionError as exc:  # left so by an earlier seed (reported there)
-            self.history.append(f"start in {await rig.phase()}, not {start}: {exc}")
+            self.model.phase = str(await rig.phase())
+            self.history.append(f"start in {self.model.phase}, not {start}: {exc}")
         timings = {"start": time.monotonic() - t0}
         await asyncio.gather(*(self.api_create(self.rng) for _ in range(8)))
         await self.legacy_insert(self.rng, n=8)

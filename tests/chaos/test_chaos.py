@@ -16,7 +16,7 @@ from tests.chaos.rig import Rig, open_rig
 pytestmark = pytest.mark.e2e
 
 SEEDS = seed_from_env([9001 + 7 * n for n in range(20)])
-SECONDS = 1.5
+SECONDS = 1.2
 
 
 @pytest.fixture(scope="module")
