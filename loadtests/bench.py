@@ -34,6 +34,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "bench_rewrite",
         "rewrite lock time per method (VACUUM FULL, pg_repack), scan rate",
     ),
+    "chaos": ("bench_chaos", "randomized fault soak of the whole data path (tests/chaos)"),
 }
 
 

@@ -1,0 +1,10 @@
+"""The randomized fault test of the whole data path (seeded, reproducible, real processes).
+
+* :mod:`tests.chaos.procs` -- ``dualwrite`` commands as real processes, started from warm spares;
+* :mod:`tests.chaos.model` -- every write the driver attempted, what was acknowledged, the check;
+* :mod:`tests.chaos.rig` -- the server, database, API instances and phase moves one run shares;
+* :mod:`tests.chaos.driver` -- one seed: writers, faults and moves, then converge and check.
+
+``DUALWRITE_CHAOS_SEED=S uv run pytest tests/chaos -q`` reruns one seed; ``uv run python
+loadtests/bench.py chaos --seconds N --json`` soaks.
+"""
