@@ -237,16 +237,27 @@ def verification_passed(f: Facts) -> GuardResult:
         return GuardResult(name, False, "the backfill has not finished (no encrypt run ended)")
     if v is None or not v.full:
         return GuardResult(name, False, "no full verification has run: run `dualwrite verify`")
-    if v.started_at is None or v.started_at <= done:
-        began = "an unknown time" if v.started_at is None else _ts(v.started_at)
-        return GuardResult(
-            name,
-            False,
-            f"the last full verification started at {began}, not after the backfill "
-            f"finished ({_ts(done)}): run `dualwrite verify --full` again",
-        )
+    started = _started_after(name, v, done, "the backfill finished")
+    if isinstance(started, GuardResult):
+        return started
     ok, counts = _counts(v)
-    return GuardResult(name, ok, f"the last full verification ({_ts(v.started_at)}): {counts}")
+    return GuardResult(name, ok, f"the last full verification ({_ts(started)}): {counts}")
+
+
+def _started_after(
+    name: str, v: VerificationView, after: datetime, what: str
+) -> datetime | GuardResult:
+    """When verification ``v`` started, if strictly after ``after`` (``what`` happened then);
+    otherwise the refusal."""
+    if v.started_at is not None and v.started_at > after:
+        return v.started_at
+    began = "an unknown time" if v.started_at is None else _ts(v.started_at)
+    return GuardResult(
+        name,
+        False,
+        f"the last full verification started at {began}, not after {what} ({_ts(after)}): "
+        "run `dualwrite verify --full` again",
+    )
 
 
 def fleet_observed_at(f: Facts) -> datetime:
@@ -284,19 +295,14 @@ def plaintext_verified(f: Facts) -> GuardResult:
         return GuardResult(
             name, False, "no full verification has run: run `dualwrite verify --full`"
         )
-    if v.started_at is None or v.started_at <= after:
-        began = "an unknown time" if v.started_at is None else _ts(v.started_at)
-        return GuardResult(
-            name,
-            False,
-            f"the last full verification started at {began}, not after {what} "
-            f"({_ts(after)}): run `dualwrite verify --full` again",
-        )
+    started = _started_after(name, v, after, what)
+    if isinstance(started, GuardResult):
+        return started
     # a missing ciphertext is fine here: reads go back to the plaintext it was cleared for
     ok, counts = v.mismatches == v.undecryptable == 0, _counts(v)[1]
     fix = "" if ok else ": run `dualwrite verify --full --repair`, then verify again"
     return GuardResult(
-        name, ok, f"the last full verification ({_ts(v.started_at)}, after {what}): {counts}{fix}"
+        name, ok, f"the last full verification ({_ts(started)}, after {what}): {counts}{fix}"
     )
 
 
