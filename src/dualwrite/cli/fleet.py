@@ -50,12 +50,7 @@ async def _list(s: Settings, name: str | None) -> tuple[str, list[dict[str, Any]
             window = liveness_window_seconds(i, s.poll_interval_seconds)
             rows.append(
                 {
-                    "instance_id": i.instance_id,
-                    "host": i.host,
-                    "pid": i.pid,
-                    "observed_phase": i.observed_phase.value if i.observed_phase else None,
-                    "observed_version": i.observed_version,
-                    "key_versions": sorted(i.key_versions),
+                    **i.summary(),
                     "seconds_since_heartbeat": round(age, 3),
                     "poll_interval_seconds": i.poll_interval_seconds,
                     "status": _status(age, window, grace_seconds(i, s.poll_interval_seconds)),

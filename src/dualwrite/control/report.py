@@ -109,12 +109,7 @@ def backfill_rates(
 
 def _instance(i: InstanceView, facts: Facts, live: set[str]) -> dict[str, Any]:
     return {
-        "instance_id": i.instance_id,
-        "host": i.host,
-        "pid": i.pid,
-        "observed_phase": i.observed_phase.value if i.observed_phase else None,
-        "observed_version": i.observed_version,
-        "key_versions": sorted(i.key_versions),
+        **i.summary(),
         "last_seen": _ts(i.last_seen),
         "live": i.instance_id in live,
         "up_to_date": i.observed_version is not None and i.observed_version >= facts.state_version,

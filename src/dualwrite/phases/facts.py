@@ -52,6 +52,17 @@ class InstanceView:
     longest_request_seconds: float | None = None
     recent_p95_ms: float | None = None
 
+    def summary(self) -> dict[str, object]:
+        """Who it is and what it observed, JSON-friendly (``status`` and ``fleet list``)."""
+        return {
+            "instance_id": self.instance_id,
+            "host": self.host,
+            "pid": self.pid,
+            "observed_phase": self.observed_phase.value if self.observed_phase else None,
+            "observed_version": self.observed_version,
+            "key_versions": sorted(self.key_versions),
+        }
+
     @property
     def label(self) -> str:
         """How reasons name an instance: ``instance api-2 (host h, pid 12)``."""
