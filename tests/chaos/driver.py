@@ -38,7 +38,7 @@ import httpx
 from dualwrite.phases import BackfillMode, Phase, backfill_mode_allowed
 from tests.chaos import sql
 from tests.chaos.model import FIELDS, Model, RowModel, Write, values_for
-from tests.chaos.rig import POLL, Instance, Rig
+from tests.chaos.rig import Instance, Rig
 
 OPTIONAL = tuple(f for f in FIELDS if f not in ("first_name", "last_name"))
 OPS = {
@@ -50,8 +50,9 @@ SQL_OPS = frozenset(
 )
 LEGACY_IN_CONTRACT = os.environ.get("DUALWRITE_CHAOS_LEGACY_IN_CONTRACT", "1") != "0"
 """Plaintext-only SQL writers keep writing in ``contract`` and ``finalized`` (default). A NULL
-they write where the plaintext is already NULL cannot be told from no change, so the old
-ciphertext stays; ``DUALWRITE_CHAOS_LEGACY_IN_CONTRACT=0`` retires them from ``contract`` on."""
+they write where the plaintext is already NULL cannot be told from no change, so the value
+stays (the model expects that: :func:`tests.chaos.sql.unseen_clears`);
+``DUALWRITE_CHAOS_LEGACY_IN_CONTRACT=0`` retires them from ``contract`` on."""
 FAULTS = {"backfill_kill": 3, "api_kill": 3, "pg_restart": 2, "pg_terminate": 3}
 
 
@@ -255,16 +256,28 @@ class Chaos:
             sets = ", ".join(f"{f} = ${n}" for n, f in enumerate(w.changes, 2))
             stmt = f"UPDATE clients SET {sets}, updated_at = now() WHERE id = $1"
 
+            kept: set[str] = set()
+
             async def body(conn: asyncpg.Connection) -> None:
+                kept.update(await sql.unseen_clears(conn, uuid.UUID(row.key), w.changes))
                 done = await conn.execute(stmt, uuid.UUID(row.key), *w.changes.values())
                 if done != "UPDATE 1":
                     self.model.fail(f"{kind} w{w.seq} of {row.key}: {done}")
 
             outcome = await sql.transaction(self.rig.engine, body, replica=replica)
             if self.sql_outcome(kind, outcome):
-                self.model.ack(w)
+                self.ack_sql(w, kept)
         finally:
             self.release(rows)
+
+    def ack_sql(self, w: Write, kept: set[str]) -> None:
+        """Acknowledge a plaintext-only write; a clear of a plaintext that was NULL already
+        (:func:`tests.chaos.sql.unseen_clears`) leaves the field's value as it was."""
+        for f in kept:
+            del w.changes[f]
+        if kept:
+            self.model.refused_as_expected("legacy clear of a plaintext already NULL: kept")
+        self.model.ack(w)
 
     async def legacy_insert(self, rng: random.Random, n: int = 1, copy: bool = False) -> None:
         kind = "copy" if copy else "legacy_insert"
@@ -343,9 +356,13 @@ class Chaos:
                 for r in rows
             ]
 
+            kept: dict[int, set[str]] = {}
+
             async def body(conn: asyncpg.Connection) -> None:
                 for w in writes:
                     assert w.row is not None
+                    key = uuid.UUID(w.row.key)
+                    kept[w.seq] = await sql.unseen_clears(conn, key, w.changes)
                     sets = ", ".join(f"{f} = ${n}" for n, f in enumerate(w.changes, 2))
                     await conn.execute(
                         f"UPDATE clients SET {sets} WHERE id = $1",
@@ -356,7 +373,7 @@ class Chaos:
 
             if self.sql_outcome("multi_tx", await sql.transaction(self.rig.engine, body)):
                 for w in writes:
-                    self.model.ack(w)
+                    self.ack_sql(w, kept.get(w.seq, set()))
         finally:
             self.release(rows)
 
@@ -422,11 +439,29 @@ class Chaos:
         if (p, target) in prepared and rng.random() < 0.7:
             self.sql_open.clear()  # the other writers pause (retired) while the operator works
         outcome = await self.rig.step(target, tries=3)
+        reads_refused = "no_plaintext_fallbacks" in outcome or "no_shadow_mismatches" in outcome
+        if (p, target) == (Phase.READ_SWITCH, Phase.CONTRACT) and reads_refused:
+            # legacy writers made reads fall back: retire them, switch afresh, contract
+            self.history.append(f"{p}->{target}:{outcome[:60]}")
+            self.sql_open.clear()
+            for p, target in zip(
+                (Phase.READ_SWITCH, Phase.BACKFILL, Phase.READ_SWITCH),
+                (Phase.BACKFILL, Phase.READ_SWITCH, Phase.CONTRACT),
+                strict=True,
+            ):
+                outcome = await self.moved(p, target, await self.rig.step(target, tries=5))
+                if outcome != "moved":
+                    break
+        else:
+            await self.moved(p, target, outcome)
         self.sql_open.set()
+
+    async def moved(self, p: Phase, target: Phase, outcome: str) -> str:
         if outcome == "moved":
             self.moves += 1
             self.model.phase = str(target)
         self.history.append(f"{p}->{target}:{outcome[:60]}")
+        return outcome
 
     def fault_plan(self) -> list[tuple[float, str]]:
         rng = random.Random(f"{self.seed}-faults")
@@ -562,23 +597,18 @@ class Chaos:
         )  # fmt: skip
 
     async def rollback_possible(self) -> list[str]:
-        """Every step before ``finalized`` rolls back: from ``read_switch`` that needs every
-        ciphertext's plaintext. Rows written under ``contract`` after a move back to
-        ``read_switch`` (by instances, or requests, still in ``contract``) break it; this code
-        cannot decrypt in ``read_switch``, so the rig recovers (forced, audited) for the next
-        seed."""
-        await asyncio.sleep(4 * POLL)  # every instance has observed read_switch by now
-        missing = await self.rig.rows_without_plaintext()
-        if not missing:
-            return []
-        mine = missing.get(self.model.workspace, 0)
-        recovered = await self.rig.recover()
-        self.history.append(f"recovered read_switch: {recovered}")
-        return [
-            f"read_switch cannot move back: {sum(missing.values())} rows ({mine} of this seed) "
-            f"hold ciphertext without plaintext (written under contract after contract -> "
-            f"read_switch) and decrypt is not allowed in read_switch"
-        ]
+        """Every step before ``finalized`` rolls back without loss: from ``read_switch`` the
+        operator decrypts and verifies (:meth:`Rig.restore_plaintext`), moves to ``backfill``
+        (reads from plaintext again), and every acknowledged write reads back from there."""
+        outcome = await self.rig.step(Phase.BACKFILL, tries=20)
+        self.history.append(f"rollback read_switch->backfill: {outcome[:60]}")
+        if outcome != "moved":
+            return [f"read_switch cannot move back to backfill: {outcome}"]
+        read, bad = await self.rig.read_workspace(
+            self.model.workspace, self.rig.read_behaviour(Phase.BACKFILL)
+        )
+        _, problems = self.model.check(read, bad, await self.rig.both_sides(self.model.workspace))
+        return [f"after the rollback to backfill: {p}" for p in problems]
 
 
 async def run_seed(

@@ -32,6 +32,7 @@ from dualwrite.control.transitions import change_phase
 from dualwrite.crypto import BlindIndex, FieldCipher, load_keyring
 from dualwrite.db import make_engine
 from dualwrite.errors import (
+    BackfillRefusedError,
     DecryptionError,
     GuardsFailedError,
     IllegalTransitionError,
@@ -85,7 +86,9 @@ class Instance:
                     self.up = True
                     return
             await asyncio.sleep(0.05)
-        raise AssertionError(f"{self.name} not healthy in {timeout}s: {self.proc.output()}")
+        raise AssertionError(
+            f"{self.name} not healthy in {timeout}s: {self.proc.output() if self.proc else ''}"
+        )
 
 
 class Rig:
@@ -198,12 +201,15 @@ class Rig:
     async def backfill(self, mode: BackfillMode) -> str:
         """One in-process backfill run to completion (resumes a killed run's checkpoint)."""
         opts = BackfillOptions(mode=mode, batch_size=200, once=True, retry_for_seconds=30)
-        worker = Backfiller(self.engine, MIGRATION, self.cipher, self.bidx, opts)
-        try:
-            report = await worker.run()
-        except ModeNotAllowedError:
-            return "not_allowed"
-        return report.stopped
+        for _ in range(50):
+            worker = Backfiller(self.engine, MIGRATION, self.cipher, self.bidx, opts)
+            try:
+                return (await worker.run()).stopped
+            except ModeNotAllowedError:
+                return "not_allowed"
+            except BackfillRefusedError:  # decrypt: an instance still to observe the phase
+                await asyncio.sleep(POLL)
+        return "refused"
 
     async def prepare(self, current: Phase, target: Phase) -> None:
         """What an operator runs before a move so its guards can pass."""
@@ -221,8 +227,26 @@ class Rig:
                 await verify(self.engine, CLIENTS_PII, self.cipher, self.bidx, full=True)
         elif (current, target) == (Phase.CONTRACT, Phase.FINALIZED):
             await self.backfill(BackfillMode.PURGE)
-        elif (current, target) == (Phase.CONTRACT, Phase.READ_SWITCH):
-            await self.backfill(BackfillMode.DECRYPT)
+        elif (current, target) == (Phase.READ_SWITCH, Phase.BACKFILL):
+            await self.restore_plaintext()
+
+    async def restore_plaintext(self) -> None:
+        """Before reads go back to plaintext (DESIGN §5, "Rollback"): decrypt once every
+        instance observes ``read_switch`` (the backfiller waits for that), then a full
+        verification that starts after it; ``--repair`` (plaintext rebuilt from ciphertext
+        in this phase) and verify again when it finds a mismatch."""
+        await self.backfill(BackfillMode.DECRYPT)
+        await asyncio.sleep(2 * POLL)  # the fleet's observed_at lands before the verify starts
+        report = await verify(self.engine, CLIENTS_PII, self.cipher, self.bidx, full=True)
+        if report.mismatched or report.undecryptable:
+            fixed = await verify(
+                self.engine, CLIENTS_PII, self.cipher, self.bidx, full=True, repair=True
+            )
+            self.notes.append(
+                f"verify in read_switch: {report.mismatched} mismatched, "
+                f"{report.undecryptable} undecryptable rows; repaired {fixed.repaired}"
+            )
+            await verify(self.engine, CLIENTS_PII, self.cipher, self.bidx, full=True)
 
     async def step(self, target: Phase, tries: int = 20) -> str:
         """Prepare and move one phase, retrying while only fleet guards refuse (instances
@@ -237,7 +261,10 @@ class Rig:
             if outcome == "moved":
                 return outcome
             guards = outcome.removeprefix("refused:").split(",")
-            passing = ("fleet_", "plaintext_complete", "coverage_complete", "verification_passed")
+            passing = (
+                "fleet_", "plaintext_complete", "coverage_complete", "verification_passed",
+                "plaintext_verified",
+            )  # fmt: skip
             if outcome != "conflict" and not all(g.startswith(passing) for g in guards):
                 return outcome
             await asyncio.sleep(POLL)
@@ -265,21 +292,6 @@ class Rig:
             if outcome != "moved":
                 await asyncio.sleep(POLL)
 
-    async def rows_without_plaintext(self) -> dict[str, int]:
-        """workspace -> rows holding a ciphertext whose plaintext is NULL (what the
-        ``plaintext_complete`` guard counts), when the plaintext columns exist."""
-        async with self.engine.connect() as conn:
-            if not await inspector.plaintext_columns_present(conn, CLIENTS_PII):
-                return {}
-            cond = " OR ".join(
-                f"({CLIENTS_PII.field(f).ciphertext_column} IS NOT NULL AND {f} IS NULL)"
-                for f in FIELDS
-            )
-            rows = await conn.execute(
-                text(f"SELECT workspace_id, count(*) FROM clients WHERE {cond} GROUP BY 1")
-            )
-            return {str(r[0]): int(r[1]) for r in rows}
-
     async def triggers(self) -> dict[str, str]:
         """The dualwrite triggers on the table and how they are enabled (``A``: always,
         ``O``: origin only, ``D``: disabled)."""
@@ -293,19 +305,6 @@ class Rig:
             return {
                 str(r[0]): r[1].decode() if isinstance(r[1], bytes) else str(r[1]) for r in rows
             }
-
-    async def recover(self) -> str:
-        """Get a ``read_switch`` that cannot move back going again, the way an operator can on
-        this code: a forced move to ``contract`` (audited), decrypt there, back unforced."""
-        try:
-            await change_phase(
-                self.engine, MIGRATION, Phase.CONTRACT, actor="chaos",
-                reason="chaos: recover a read_switch that cannot roll back", force=True,
-                settings=self.settings, keyring_current="v1",
-            )  # fmt: skip
-        except PhaseError as exc:
-            return f"recovery refused: {exc}"
-        return await self.step(Phase.READ_SWITCH, tries=50)
 
     # --- reading back -------------------------------------------------------------------------
 

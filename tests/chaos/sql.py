@@ -26,6 +26,23 @@ EXPECTED = {
 """SQLSTATEs of refusals the model expects (the caller decides whether one applies)."""
 
 
+async def unseen_clears(conn: asyncpg.Connection, key: Any, changes: dict[str, Any]) -> set[str]:
+    """The fields ``changes`` sets to NULL whose plaintext is NULL already (the row locked).
+
+    A plaintext-only writer cannot clear a value it cannot see: where the plaintext is NULL
+    and the ciphertext holds the value (``contract``, or ``read_switch`` after a rollback until
+    decrypt), writing NULL changes nothing the trigger can tell from no change, so the value
+    stays (README, "Writers that are not dualwrite"). The model expects exactly that.
+    """
+    cleared = [f for f, v in changes.items() if v is None]
+    if not cleared:
+        return set()
+    row = await conn.fetchrow(
+        f"SELECT {', '.join(cleared)} FROM clients WHERE id = $1 FOR UPDATE", key
+    )
+    return {f for f in cleared if row is not None and row[f] is None}
+
+
 class Rollback(Exception):
     """Raised by a body to roll its transaction back on purpose."""
 

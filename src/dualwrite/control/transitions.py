@@ -50,7 +50,7 @@ from dualwrite.config import Settings
 from dualwrite.control.apply import apply_decision, audit_refusal, check_request, require_reason
 from dualwrite.control.facts import gather_facts
 from dualwrite.control.finalize import finalize, remove_fence, restore_plaintext_columns
-from dualwrite.errors import GuardsFailedError
+from dualwrite.errors import GuardsFailedError, TransitionConflictError
 from dualwrite.logs import log_event
 from dualwrite.phases import Decision, Phase, evaluate
 from dualwrite.state import registry
@@ -152,16 +152,34 @@ async def _change_phase(
         check_request(current, tgt, expected_version)
         await restore_plaintext_columns(engine, current, settings, alembic_cfg)
         expected_version = current.version
-    if current.phase is Phase.CONTRACT and tgt is Phase.READ_SWITCH:
-        await remove_fence(engine, current, settings)  # read_switch writes plaintext again
-
-    async with engine.begin() as conn:
-        state = await registry.get_migration(conn, name)
-        check_request(state, tgt, expected_version)
-        facts = await gather_facts(conn, state, settings, keyring_current)
-        decision = evaluate(state.phase, tgt, facts)  # illegal moves raise here
-        if decision.allowed or force:
-            return state, await apply_decision(conn, state, decision, actor=actor, reason=reason)
+    for _ in range(3):
+        fence_gone = True
+        if current.phase is Phase.CONTRACT and tgt is Phase.READ_SWITCH:
+            # read_switch writes plaintext again: the fence goes, but only for a move that
+            # will happen (after a rollback from finalized it keeps legacy plaintext out until
+            # every instance observed contract)
+            _, pre = await decide(
+                engine, name, tgt, settings=settings, keyring_current=keyring_current
+            )
+            fence_gone = pre.allowed or force
+            if fence_gone:
+                await remove_fence(engine, current, settings)
+        async with engine.begin() as conn:
+            state = await registry.get_migration(conn, name)
+            check_request(state, tgt, expected_version)
+            facts = await gather_facts(conn, state, settings, keyring_current)
+            decision = evaluate(state.phase, tgt, facts)  # illegal moves raise here
+            if (decision.allowed or force) and fence_gone:
+                return state, await apply_decision(
+                    conn, state, decision, actor=actor, reason=reason
+                )
+        if not decision.allowed:
+            break
+        # the guards passed meanwhile, with the fence still up: once more, dropping it
+    else:
+        raise TransitionConflictError(
+            f"migration {name}: the fleet changed during the move to {tgt}: retry"
+        )
     await audit_refusal(engine, state, decision, actor, reason)
     decision.raise_if_refused()
     raise AssertionError("unreachable: a refused decision raises")  # pragma: no cover

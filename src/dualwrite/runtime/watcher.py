@@ -33,7 +33,7 @@ Guarantees:
 * The observed state never goes backwards in version (a late poll cannot undo a NOTIFY).
 * Losing the database never crashes the watcher: the loops log one line when an outage starts
   and one when it ends, keep the last known state, and retry every interval (the listen
-  connection is re-opened by the poll loop).
+  connection is re-opened by the poll loop); :meth:`start` retries a connection lost midway.
 * :meth:`PhaseWatcher.stop` removes this instance's heartbeat, so it stops counting at once;
   an instance that dies without stopping stops being live after 3 of its poll intervals and
   blocks the fleet guards for its grace (``dualwrite fleet forget`` ends it).
@@ -60,6 +60,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from dualwrite.config import Settings
@@ -120,22 +121,18 @@ class PhaseWatcher:
         self.metrics = metrics
         self.listen = settings.listen_notify if listen is None else listen
         self.poll_interval = float(settings.poll_interval_seconds)
-        self._host = socket.gethostname()
-        self._pid = os.getpid()
+        self._host, self._pid = socket.gethostname(), os.getpid()
         self._states: dict[str, MigrationState] = {}
         self._pending: Counter[tuple[str, int, str]] = Counter()
         self._changed = asyncio.Condition()
-        self._wake = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._listener = Listener(
-            engine, self._wake, self._outage, timeout=max(5.0, self.poll_interval)
-        )
-        self._failing: dict[str, bool] = {}
+        self._wake, self._tasks = asyncio.Event(), list[asyncio.Task[None]]()
+        self._listener = Listener(engine, self._wake, self._outage, max(5.0, self.poll_interval))
+        self._failing: dict[str, bool] = {}  # loop -> failing now
         self._started = False
         self._serves: set[str] | None = set(serves) if serves is not None else None
         self.current_key = current_key
         self._inflight = InFlight(on_drained=self._drained)
-        self._beat = asyncio.Event()
+        self._beat = asyncio.Event()  # heartbeat now
         self._refreshed_at: float | None = None  # monotonic, last successful refresh
         self._key_refusal: dict[str, str] = {}
 
@@ -155,12 +152,19 @@ class PhaseWatcher:
     # --- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load every migration's state (raises if the database is unreachable now), heartbeat
-        once, then run the listen, poll and heartbeat loops in the background."""
-        async with self.engine.connect() as conn:
-            await versions.require_state_version(conn)
-        await self.refresh()
-        await self._heartbeat_once()
+        """Load every migration's state (raises if the database is unreachable now; a
+        connection lost midway is retried), heartbeat once, then run the loops."""
+        for attempt in range(4):
+            try:
+                async with self.engine.connect() as conn:
+                    await versions.require_state_version(conn)
+                await self.refresh()
+                await self._heartbeat_once()
+                break
+            except DBAPIError as exc:  # a restart or a terminated backend, not "unreachable"
+                if not exc.connection_invalidated or attempt == 3:
+                    raise
+                await asyncio.sleep(0.2 * (attempt + 1))
         if self.listen:
             await self._listener.ensure(quiet=True)
         self._started = True
@@ -277,13 +281,9 @@ class PhaseWatcher:
                 self.metrics.set_phase(new.name, new.phase.value, new.version)
             if old is not None:
                 log.info(
-                    "migration %s: observed %s (version %d), was %s (version %d)",
-                    new.name,
-                    new.phase.value,
-                    new.version,
-                    old.phase.value,
-                    old.version,
-                )
+                    "migration %s: observed %s (version %d), was %s (version %d)", new.name,
+                    new.phase.value, new.version, old.phase.value, old.version,
+                )  # fmt: skip
         if changed:
             self._beat.set()  # tell the fleet at once (once older requests drained)
             async with self._changed:

@@ -4,7 +4,9 @@
 the type given: ``bytea`` for what the expand adds, the field's registered type
 (:attr:`~dualwrite.spec.FieldSpec.type`) for the plaintext columns the uncontract re-adds.
 :class:`DropColumns` can drop triggers in the same transaction (a trigger function that names a
-dropped column would fail every later ``UPDATE``).
+dropped column would fail every later ``UPDATE``); :class:`AddColumns` can install one in the
+same transaction, and run further statements there (re-added plaintext columns are never
+writable without the stale guard and the fence: see :func:`~dualwrite.schema.ddl.plans.uncontract`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncpg
 
 from dualwrite.schema.ddl.context import DdlContext
 from dualwrite.schema.ddl.step import Step, column_attributes
+from dualwrite.schema.ddl.trigger import InstallTrigger
 from dualwrite.spec import MigrationSpec
 from dualwrite.spec import quote_ident as _q
 
@@ -24,20 +27,37 @@ __all__ = ["AddColumns", "DropColumns"]
 class AddColumns(Step):
     """``ALTER TABLE t ADD COLUMN IF NOT EXISTS c type, ...`` (nullable: no rewrite)."""
 
-    def __init__(self, name: str, spec: MigrationSpec, columns: dict[str, str]) -> None:
-        self.name, self.spec, self.columns = name, spec, dict(columns)
+    def __init__(
+        self,
+        name: str,
+        spec: MigrationSpec,
+        columns: dict[str, str],
+        guard: InstallTrigger | None = None,
+        then: tuple[str, ...] = (),
+    ) -> None:
+        self.name, self.spec, self.columns, self.guard = name, spec, dict(columns), guard
+        self.then = then
 
     async def done(self, ctx: DdlContext, detail: dict[str, Any]) -> bool:
         present = await column_attributes(ctx.conn, self.spec.sql_table, list(self.columns))
-        return set(present) == set(self.columns)
+        if set(present) != set(self.columns):
+            return False
+        return self.guard is None or await self.guard.done(ctx, detail)
 
     async def start(self, ctx: DdlContext, detail: dict[str, Any]) -> None:
         adds = ", ".join(
             f"ADD COLUMN IF NOT EXISTS {_q(c)} {kind}" for c, kind in self.columns.items()
         )
+        guard = self.guard
+        if guard is not None:  # the function first (no table lock; its body binds late)
+            await ctx.conn.execute(guard.function_ddl)
 
         async def go(conn: asyncpg.Connection) -> None:
             await conn.execute(f"ALTER TABLE {self.spec.sql_table} {adds}")
+            if guard is not None:
+                await conn.execute(guard.trigger_ddl())
+            for statement in self.then:
+                await conn.execute(statement)
 
         await ctx.locked(self.name, self.spec.sql_table, "ACCESS EXCLUSIVE", go)
 

@@ -14,8 +14,9 @@ forward operation has one).
                the key guard; drop the plaintext columns with the stale trigger; drop the
                stale guard function
 ``uncontract`` re-add the plaintext columns (each with its field's registered type,
-               nullable); install the stale guard; drop the key guard; rebuild the dropped
-               indexes concurrently; re-add the dropped constraints
+               nullable), the stale guard and the fence in one transaction; drop the key
+               guard; rebuild the dropped indexes concurrently; re-add the dropped
+               constraints
 ============  ====================================================================
 """
 
@@ -139,10 +140,24 @@ async def recorded_drops(ctx: DdlContext, spec: MigrationSpec, kind: str) -> dic
 
 async def uncontract(ctx: DdlContext, spec: MigrationSpec) -> list[Step]:
     """Built from the spec (each plaintext column's type) and what the contract recorded
-    (the indexes and constraints it dropped)."""
+    (the indexes and constraints it dropped).
+
+    The plaintext columns come back in one transaction with the stale guard and the fence
+    (``NOT VALID``: the new columns are all NULL). Instances that still observe ``finalized``
+    neither read nor write plaintext, so until every instance observed ``contract`` a legacy
+    plaintext write could not be seen by them (a read answering NULL, a clear they write
+    leaving the legacy value behind): it fails loudly instead. ``contract -> read_switch``
+    (guarded by ``fleet_observed_contract``) drops the fence.
+    """
     return [
-        AddColumns("add_plaintext", spec, {f.plaintext_column: f.type for f in spec.fields}),
-        _guard(spec, "stale"),
+        AddColumns(
+            "add_plaintext",
+            spec,
+            {f.plaintext_column: f.type for f in spec.fields},
+            guard=_guard(spec, "stale"),
+            then=(sql.fence_ddl(spec),),
+        ),
+        _guard(spec, "stale"),  # a no-op after the step above; an older journal's resume
         DropTrigger("drop_key_guard", spec, sql.KEY_GUARD_TRIGGER, sql.key_guard_function(spec)),
         *(await restore_drops(ctx, spec)),
     ]

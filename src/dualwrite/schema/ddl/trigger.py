@@ -47,9 +47,13 @@ class InstallTrigger(Step):
         body = await ctx.conn.fetchval(_FUNCTION_BODY, self.function)
         return body is not None and body == self.function_ddl.split("$fn$")[1]
 
+    def trigger_ddl(self) -> str:
+        """The one statement creating (or replacing) the trigger enabled ALWAYS."""
+        return sql.install_trigger_ddl(self.spec, self.trigger, self.function)
+
     async def start(self, ctx: DdlContext, detail: dict[str, Any]) -> None:
         await ctx.conn.execute(self.function_ddl)
-        statement = sql.install_trigger_ddl(self.spec, self.trigger, self.function)
+        statement = self.trigger_ddl()
 
         async def go(conn: asyncpg.Connection) -> None:
             await conn.execute(statement)
