@@ -34,6 +34,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+from sqlalchemy import text as sa_text
 
 from dualwrite.phases import BackfillMode, Phase, backfill_mode_allowed
 from tests.chaos import sql
@@ -225,9 +226,12 @@ class Chaos:
             got = r.json()
             wrong = {f: got[f] for f in FIELDS if got[f] != row.values[f]}
             if wrong:
+                async with self.rig.engine.connect() as conn:
+                    now = await conn.scalar(sa_text(sql.SEEN_SQL))
                 self.model.fail(
                     f"read of {row.key} via {inst.name} answered {wrong}, expected "
-                    f"{ {f: row.values[f] for f in wrong} } (written by {sorted(row.tags)})"
+                    f"{ {f: row.values[f] for f in wrong} } (written by {sorted(row.tags)}; "
+                    f"database now {now})"
                 )
         finally:
             self.release(rows)
@@ -264,20 +268,21 @@ class Chaos:
                 if done != "UPDATE 1":
                     self.model.fail(f"{kind} w{w.seq} of {row.key}: {done}")
 
-            outcome = await sql.transaction(self.rig.engine, body, replica=replica)
+            seen: list[str] = []
+            outcome = await sql.transaction(self.rig.engine, body, replica=replica, seen=seen)
             if self.sql_outcome(kind, outcome):
-                self.ack_sql(w, kept)
+                self.ack_sql(w, kept, seen)
         finally:
             self.release(rows)
 
-    def ack_sql(self, w: Write, kept: set[str]) -> None:
+    def ack_sql(self, w: Write, kept: set[str], seen: list[str]) -> None:
         """Acknowledge a plaintext-only write; a clear of a plaintext that was NULL already
         (:func:`tests.chaos.sql.unseen_clears`) leaves the field's value as it was."""
         for f in kept:
             del w.changes[f]
         if kept:
             self.model.refused_as_expected("legacy clear of a plaintext already NULL: kept")
-        self.model.ack(w)
+        self.model.ack(w, seen=seen[0] if seen else None)
 
     async def legacy_insert(self, rng: random.Random, n: int = 1, copy: bool = False) -> None:
         kind = "copy" if copy else "legacy_insert"
@@ -300,9 +305,10 @@ class Chaos:
                     f"INSERT INTO clients ({', '.join(cols)}) VALUES ({marks})", records
                 )
 
-        if self.sql_outcome(kind, await sql.transaction(self.rig.engine, body)):
+        seen: list[str] = []
+        if self.sql_outcome(kind, await sql.transaction(self.rig.engine, body, seen=seen)):
             for k, w in writes:
-                self.model.ack(w, k)
+                self.model.ack(w, k, seen[0] if seen else None)
 
     async def pk_change(self, rng: random.Random) -> None:
         rows = self.checkout(rng)
@@ -371,9 +377,11 @@ class Chaos:
                 if not commit:
                     raise sql.Rollback
 
-            if self.sql_outcome("multi_tx", await sql.transaction(self.rig.engine, body)):
+            seen: list[str] = []
+            outcome = await sql.transaction(self.rig.engine, body, seen=seen)
+            if self.sql_outcome("multi_tx", outcome):
                 for w in writes:
-                    self.ack_sql(w, kept.get(w.seq, set()))
+                    self.ack_sql(w, kept.get(w.seq, set()), seen)
         finally:
             self.release(rows)
 

@@ -108,17 +108,20 @@ class Model:
         self.attempted += 1
         return w
 
-    def ack(self, w: Write, key: str | None = None) -> None:
-        """``w`` committed; for a create, ``key`` is the new row's key."""
+    def ack(self, w: Write, key: str | None = None, seen: str | None = None) -> None:
+        """``w`` committed; for a create, ``key`` is the new row's key; ``seen``: the phase
+        the database showed the writer (else the one the conductor last moved to)."""
         w.acked = True
         self.acknowledged += 1
+        where = seen or self.phase
+        tag = f"{w.kind}@{where}" if where else w.kind
         if w.row is None:
             assert key is not None
-            w.row = self.add_row(key, w.changes, f"{w.kind}@{self.phase}" if self.phase else w.kind)
+            w.row = self.add_row(key, w.changes, tag)
             for f in FIELDS:
                 w.row.last_seq[f] = w.seq
             return
-        w.row.tags.add(f"{w.kind}@{self.phase}" if self.phase else w.kind)
+        w.row.tags.add(tag)
         for f, v in w.changes.items():
             w.row.values[f] = v
             w.row.last_seq[f] = w.seq

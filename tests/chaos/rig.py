@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import tempfile
 import uuid
@@ -49,13 +50,18 @@ from dualwrite.state import registry
 from dualwrite.verify import verify
 from tests.chaos.model import FIELDS
 from tests.chaos.procs import Proc, WarmPool
+from tests.chaos.sql import SEEN_SQL
 from tests.conftest import make_settings
 from tests.harness.processes import environment
 from tests.harness.server import own_server, restart
 from tests.harness.service import free_port
 
 MIGRATION = CLIENTS_PII.name
-POLL = 0.2
+POLL = float(os.environ.get("DUALWRITE_CHAOS_POLL", "0.5"))
+"""Every process's poll interval: its liveness window is 3x, its grace twice that plus its
+longest request. Self-fencing is a lease: a process frozen mid-write for longer than its
+grace is the one fault it cannot stop (README, "Guarantees"), so the interval stays well
+above the stalls of a loaded two-core machine running a dozen processes."""
 FULL_PATH = True
 """Walk ``contract -> finalized`` and back (``finalized -> contract -> read_switch``); main
 allows these moves. Set ``DUALWRITE_CHAOS_FINALIZE=0`` to keep the run before finalize."""
@@ -117,12 +123,21 @@ class Rig:
 
     # --- processes ----------------------------------------------------------------------------
 
-    async def start_instance(self, inst: Instance) -> None:
-        inst.proc = self.pool.take(
-            ["serve", "--port", str(inst.port), "--log-level", "warning"],
-            {"INSTANCE_ID": inst.name},
-        )
-        await inst.wait_ready()
+    async def start_instance(self, inst: Instance, attempts: int = 5) -> None:
+        """Start ``inst`` as a supervisor would: a process that exits during its startup (the
+        database restarting under it refuses connections) is started again."""
+        for attempt in range(attempts):
+            inst.proc = self.pool.take(
+                ["serve", "--port", str(inst.port), "--log-level", "warning"],
+                {"INSTANCE_ID": inst.name},
+            )
+            try:
+                await inst.wait_ready()
+                return
+            except AssertionError:
+                if inst.proc.alive() or attempt == attempts - 1:
+                    raise
+                await asyncio.sleep(0.5)
 
     def kill_instance(self, inst: Instance) -> None:
         inst.up = False
@@ -189,7 +204,10 @@ class Rig:
                 force=False, settings=self.settings, keyring_current="v1",
             )  # fmt: skip
         except GuardsFailedError as exc:
-            return "refused:" + ",".join(sorted(f.name for f in exc.failures))
+            names = sorted(f.name for f in exc.failures)
+            if "plaintext_purged" in names and await self.phase() is Phase.CONTRACT:
+                self.notes.append(f"plaintext left in contract: {await self.plaintext_rows()}")
+            return "refused:" + ",".join(names)
         except TransitionConflictError:
             return "conflict"
         except IllegalTransitionError:
@@ -291,6 +309,21 @@ class Rig:
                 outcome = await self.step(Phase.BACKFILL)  # a fresh switch, counted from zero
             if outcome != "moved":
                 await asyncio.sleep(POLL)
+
+    async def plaintext_rows(self, limit: int = 3) -> str:
+        """A few rows still holding plaintext: key, which fields, the fence (diagnostics)."""
+        cols = ", ".join(f"{f} IS NOT NULL AS {f}" for f in FIELDS)
+        any_plain = " OR ".join(f"{f} IS NOT NULL" for f in FIELDS)
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                text(
+                    f"SELECT id, xmin::text AS x, {cols} FROM clients "
+                    f"WHERE {any_plain} LIMIT {limit}"
+                )
+            )
+            seen = await conn.scalar(text(SEEN_SQL))
+        found = [(str(r.id), r.x, [f for f in FIELDS if getattr(r, f)]) for r in rows]
+        return f"{seen}: {found}"
 
     async def triggers(self) -> dict[str, str]:
         """The dualwrite triggers on the table and how they are enabled (``A``: always,

@@ -43,6 +43,14 @@ async def unseen_clears(conn: asyncpg.Connection, key: Any, changes: dict[str, A
     return {f for f in cleared if row is not None and row[f] is None}
 
 
+SEEN_SQL = (
+    "SELECT phase || ' v' || version || CASE WHEN EXISTS (SELECT 1 FROM pg_constraint "
+    "WHERE conname = 'dualwrite_clients_purged') THEN ' fenced' ELSE '' END "
+    "FROM dualwrite_migrations WHERE name = 'clients_pii'"
+)
+"""The phase, version and fence a SQL writer's transaction began under (it tags its write)."""
+
+
 class Rollback(Exception):
     """Raised by a body to roll its transaction back on purpose."""
 
@@ -94,6 +102,7 @@ async def transaction(
     *,
     replica: bool = False,
     patience: float = 30.0,
+    seen: list[str] | None = None,
 ) -> str:
     try:
         conn = await _connect(engine, patience)
@@ -104,6 +113,8 @@ async def transaction(
         tr = conn.transaction()
         await tr.start()
         xid = int(await conn.fetchval("SELECT txid_current()"))
+        if seen is not None:  # what the database said when the writer began (diagnostics)
+            seen.append(str(await conn.fetchval(SEEN_SQL)))
         if replica:
             await conn.execute("SET LOCAL session_replication_role = replica")
         try:

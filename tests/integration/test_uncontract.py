@@ -22,10 +22,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from clients_service.schema import CLIENTS_PII
 from clients_service.seed import seed_clients
 from dualwrite.config import Settings
+from dualwrite.control.finalize import contract_revision
 from dualwrite.db import connect_raw
 from dualwrite.errors import GuardsFailedError
 from dualwrite.phases import Phase
-from dualwrite.schema import sql
+from dualwrite.schema import inspector, migrate, sql
 from dualwrite.state import fleet, registry
 from tests.integration.backfill_helpers import backfill, move_to
 from tests.integration.test_rollback import ROWS, decrypted, encrypted_in_read_switch, ids, move
@@ -156,3 +157,30 @@ async def _stale_trigger(engine: AsyncEngine) -> str | None:
             {"t": sql.STALE_GUARD_TRIGGER},
         )
     return None if value is None else str(value)
+
+
+async def test_a_rollback_cut_off_before_alembic_recorded_it_is_redone_and_finalize_drops_again(
+    engine: AsyncEngine, settings: Settings
+) -> None:
+    """The downgrade's schema steps commit on their own; Alembic records the version after
+    them. Cut off in between (a terminated backend), the columns are back while Alembic still
+    says "contract revision": the rollback must run the downgrade again, or the next finalize
+    skips the contract revision and moves to ``finalized`` with the plaintext columns (and
+    their legacy writes) still there, unfenced."""
+    await seed_clients(engine, ROWS, workspaces=1)
+    await encrypted_in_read_switch(engine, settings)
+    await move_to(engine, Phase.CONTRACT)
+    await backfill(engine, settings, "purge")
+    assert (await move(engine, settings, "finalized", reason="purged")).phase is Phase.FINALIZED
+    cfg = migrate.alembic_config()
+    revision, parent = contract_revision(cfg, CLIENTS_PII.name)
+    await migrate.downgrade(engine, cfg, parent, settings=settings)  # the steps ran ...
+    async with engine.begin() as conn:  # ... and the version record was lost
+        await conn.execute(text("UPDATE alembic_version SET version_num = :r"), {"r": revision})
+
+    assert (await move(engine, settings, "contract")).phase is Phase.CONTRACT
+    assert await migrate.current(engine, cfg) == parent
+    assert (await move(engine, settings, "finalized", reason="again")).phase is Phase.FINALIZED
+    assert await migrate.current(engine, cfg) == revision
+    async with engine.connect() as conn:
+        assert not await inspector.plaintext_columns_present(conn, CLIENTS_PII)

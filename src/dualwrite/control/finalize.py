@@ -69,17 +69,27 @@ def contract_revision(cfg: Config, name: str) -> tuple[str, str]:
     return revision, parent
 
 
+async def _plaintext_present(engine: AsyncEngine, state: MigrationState) -> bool:
+    async with engine.connect() as conn:
+        return await inspector.plaintext_columns_present(conn, state.spec)
+
+
 async def restore_plaintext_columns(
     engine: AsyncEngine, state: MigrationState, settings: Settings, cfg: Config | None
 ) -> None:
-    """``finalized -> contract``: downgrade the contract revision unless already undone."""
-    async with engine.connect() as conn:
-        if await inspector.plaintext_columns_present(conn, state.spec):
-            return
+    """``finalized -> contract``: downgrade the contract revision unless already undone.
+
+    Alembic's version decides, not the columns: a downgrade cut off after its schema steps but
+    before Alembic recorded the version leaves the columns back at the contract revision, and
+    running it again resumes (its steps are idempotent) and records the version, so a later
+    finalize runs the contract revision again instead of skipping it."""
     cfg = cfg or migrate.alembic_config()
     revision, parent = contract_revision(cfg, state.name)
     at = await migrate.current(engine, cfg)
     if at != revision:
+        async with engine.connect() as conn:
+            if await inspector.plaintext_columns_present(conn, state.spec):
+                return
         raise PhaseError(
             f"the database is at revision {at}, not the contract revision {revision}: "
             f"downgrade to {revision} first, then retry"
@@ -136,13 +146,22 @@ async def finalize(
         await audit_refusal(engine, state, decision, actor, reason)
         decision.raise_if_refused()
     cfg = alembic_cfg or migrate.alembic_config()
-    revision, _ = contract_revision(cfg, name)
+    revision, parent = contract_revision(cfg, name)
     async with engine.begin() as conn:
         locked = await registry.get_migration(conn, name, for_update=True)
         check_request(locked, target, state.version)
+        if await migrate.current(engine, cfg) == revision and await _plaintext_present(
+            engine, state
+        ):  # a rollback cut off before Alembic recorded it (an older dualwrite did not redo it)
+            await migrate.downgrade(engine, cfg, parent, settings=settings)
         if await migrate.current(engine, cfg) != revision:
             log.info("migration %s: applying contract revision %s", name, revision)
             await migrate.upgrade(engine, cfg, revision, allow_contract=True, settings=settings)
+        if await _plaintext_present(engine, state):
+            raise PhaseError(
+                f"migration {name}: the plaintext columns are still there after the contract "
+                f"revision {revision}: nothing moved; check `alembic current`, then retry"
+            )
         return await apply_decision(
             conn, locked, decision, actor=actor, reason=reason, action="finalize"
         )

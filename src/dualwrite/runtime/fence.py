@@ -70,14 +70,16 @@ class WriteFence(Protocol):
         """:meth:`fence` on a synchronous ``Connection`` (the ORM flush)."""
 
 
-def check_fresh(migration: str, age: float | None, window: float) -> None:
-    """Refuse when the last successful refresh is ``age`` seconds old, ``window`` or more."""
+def check_fresh(migration: str, age: float | None, window: float, what: str = "write") -> None:
+    """Refuse when the last successful refresh is ``age`` seconds old, ``window`` or more
+    (``what``: ``write``, or ``request`` for a snapshot taken for a read)."""
     if age is None or age >= window:
         seen = "never" if age is None else f"{age:.1f}s ago"
+        done = "nothing written" if what == "write" else "nothing served"
         raise FencedError(
             f"{migration}: the last successful phase refresh of this instance was {seen}, not "
-            f"within its liveness window ({window:.1f}s): write refused (self-fencing), "
-            "nothing written; retry once it reaches the database again"
+            f"within its liveness window ({window:.1f}s): {what} refused (self-fencing), "
+            f"{done}; retry once it reaches the database again"
         )
 
 

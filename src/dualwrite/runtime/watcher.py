@@ -113,12 +113,9 @@ class PhaseWatcher:
         serves: Iterable[str] | None = None,
         current_key: str | None = None,
     ) -> None:
-        self.engine = engine
-        self.settings = settings
+        self.engine, self.settings, self.role, self.metrics = engine, settings, role, metrics
         self.key_versions = frozenset(key_versions)
-        self.role = role
         self.instance_id: str = instance_id or settings.instance_id or default_instance_id()
-        self.metrics = metrics
         self.listen = settings.listen_notify if listen is None else listen
         self.poll_interval = float(settings.poll_interval_seconds)
         self._host, self._pid = socket.gethostname(), os.getpid()
@@ -137,8 +134,7 @@ class PhaseWatcher:
         self._key_refusal: dict[str, str] = {}
 
     @property
-    def liveness_window(self) -> float:
-        """``3 x poll_interval``: how long the fleet counts this instance live without a beat."""
+    def liveness_window(self) -> float:  # how long the fleet counts it live without a beat
         return 3.0 * self.poll_interval
 
     def serve(self, migration: str) -> None:
@@ -209,23 +205,27 @@ class PhaseWatcher:
         return behaviour(self.state(name).phase)
 
     def states(self) -> dict[str, MigrationState]:
-        """A copy of every observed state, by migration name."""
-        return dict(self._states)
+        return dict(self._states)  # a copy of every observed state, by migration name
 
     def request(self, name: str) -> contextlib.AbstractContextManager[RequestSnapshot]:
         """``with watcher.request("clients_pii") as snap:`` -- one request's phase snapshot
-        (``snap.behaviour``), counted in flight until the block ends."""
+        (``snap.behaviour``), counted in flight until the block ends; ``FencedError`` when
+        the last refresh is older than the liveness window (the fleet may have moved on)."""
+        if self._started:
+            self._check_fresh(name, "request")
         return self._inflight.request(self.state(name))
 
     def in_flight(self, name: str) -> dict[int, int]:
-        """Requests in flight for ``name`` by the state version they act under."""
-        return self._inflight.in_flight(name)
+        return self._inflight.in_flight(name)  # requests in flight by acting version
 
     # --- fencing (see dualwrite.runtime.fence) ---------------------------------------------
 
-    def _fence_local(self, name: str, b: Behaviour) -> tuple[int, Phase]:
+    def _check_fresh(self, name: str, what: str = "write") -> None:
         age = None if self._refreshed_at is None else time.monotonic() - self._refreshed_at
-        fencing.check_fresh(name, age, self.liveness_window)
+        fencing.check_fresh(name, age, self.liveness_window, what)
+
+    def _fence_local(self, name: str, b: Behaviour) -> tuple[int, Phase]:
+        self._check_fresh(name)
         refusal = self._key_refusal.get(name)
         if refusal is not None and b.writes_ciphertext:
             raise FencedError(refusal)
