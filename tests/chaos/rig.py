@@ -47,7 +47,7 @@ from dualwrite.runtime.codec import FieldCodec
 from dualwrite.runtime.table import EncryptedTable
 from dualwrite.schema import inspector
 from dualwrite.state import registry
-from dualwrite.verify import verify
+from dualwrite.verify import VerificationReport, verify
 from tests.chaos.model import FIELDS
 from tests.chaos.procs import Proc, WarmPool
 from tests.chaos.sql import SEEN_SQL
@@ -233,16 +233,7 @@ class Rig:
         """What an operator runs before a move so its guards can pass."""
         if (current, target) == (Phase.BACKFILL, Phase.READ_SWITCH):
             await self.backfill(BackfillMode.ENCRYPT)
-            report = await verify(self.engine, CLIENTS_PII, self.cipher, self.bidx, full=True)
-            if not report.ok:  # what an operator does in backfill (plaintext is read there)
-                fixed = await verify(
-                    self.engine, CLIENTS_PII, self.cipher, self.bidx, full=True, repair=True
-                )
-                self.notes.append(
-                    f"verify in backfill: {report.mismatched} mismatched, {report.missing} "
-                    f"missing, {report.undecryptable} undecryptable rows; repaired {fixed.repaired}"
-                )
-                await verify(self.engine, CLIENTS_PII, self.cipher, self.bidx, full=True)
+            await self.verify_repairing("backfill", lambda r: not r.ok)
         elif (current, target) == (Phase.CONTRACT, Phase.FINALIZED):
             await self.backfill(BackfillMode.PURGE)
         elif (current, target) == (Phase.READ_SWITCH, Phase.BACKFILL):
@@ -255,13 +246,21 @@ class Rig:
         in this phase) and verify again when it finds a mismatch."""
         await self.backfill(BackfillMode.DECRYPT)
         await asyncio.sleep(2 * POLL)  # the fleet's observed_at lands before the verify starts
+        # a missing ciphertext is fine here: the plaintext it was cleared for is newer
+        await self.verify_repairing("read_switch", lambda r: bool(r.mismatched or r.undecryptable))
+
+    async def verify_repairing(
+        self, phase: str, needs_repair: Callable[[VerificationReport], bool]
+    ) -> None:
+        """A full verification; when ``needs_repair`` says so, ``--repair`` (in the phase's
+        direction) and verify again, as an operator does."""
         report = await verify(self.engine, CLIENTS_PII, self.cipher, self.bidx, full=True)
-        if report.mismatched or report.undecryptable:
+        if needs_repair(report):
             fixed = await verify(
                 self.engine, CLIENTS_PII, self.cipher, self.bidx, full=True, repair=True
             )
             self.notes.append(
-                f"verify in read_switch: {report.mismatched} mismatched, "
+                f"verify in {phase}: {report.mismatched} mismatched, {report.missing} missing, "
                 f"{report.undecryptable} undecryptable rows; repaired {fixed.repaired}"
             )
             await verify(self.engine, CLIENTS_PII, self.cipher, self.bidx, full=True)

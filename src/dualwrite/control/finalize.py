@@ -87,9 +87,8 @@ async def restore_plaintext_columns(
     revision, parent = contract_revision(cfg, state.name)
     at = await migrate.current(engine, cfg)
     if at != revision:
-        async with engine.connect() as conn:
-            if await inspector.plaintext_columns_present(conn, state.spec):
-                return
+        if await _plaintext_present(engine, state):
+            return
         raise PhaseError(
             f"the database is at revision {at}, not the contract revision {revision}: "
             f"downgrade to {revision} first, then retry"
