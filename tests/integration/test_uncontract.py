@@ -27,8 +27,9 @@ from dualwrite.db import connect_raw
 from dualwrite.errors import GuardsFailedError
 from dualwrite.phases import Phase
 from dualwrite.schema import inspector, migrate, sql
-from dualwrite.state import fleet, registry
+from dualwrite.state import fleet
 from tests.integration.backfill_helpers import backfill, move_to
+from tests.integration.fleet_support import version
 from tests.integration.test_rollback import ROWS, decrypted, encrypted_in_read_switch, ids, move
 
 
@@ -105,7 +106,7 @@ async def test_plaintext_columns_come_back_only_with_the_stale_guard(
 
     # an instance still in finalized neither reads nor writes plaintext: until the fleet has
     # observed contract, the fence keeps legacy plaintext out, loudly
-    finalized_version = (await _version(engine)) - 1
+    finalized_version = (await version(engine)) - 1
     await _beat(engine, Phase.FINALIZED, finalized_version)
     with pytest.raises(asyncpg.CheckViolationError):
         await _legacy_write(engine, first, "Late")
@@ -132,11 +133,6 @@ async def _legacy_write(engine: AsyncEngine, key: object, name: str) -> None:
         await conn.execute("UPDATE clients SET first_name = $1 WHERE id = $2", name, key)
     finally:
         await conn.close()
-
-
-async def _version(engine: AsyncEngine) -> int:
-    async with engine.connect() as conn:
-        return (await registry.get_migration(conn, CLIENTS_PII.name)).version
 
 
 async def _beat(engine: AsyncEngine, phase: Phase, version: int) -> None:

@@ -149,11 +149,12 @@ async def finalize(
     async with engine.begin() as conn:
         locked = await registry.get_migration(conn, name, for_update=True)
         check_request(locked, target, state.version)
-        if await migrate.current(engine, cfg) == revision and await _plaintext_present(
-            engine, state
-        ):  # a rollback cut off before Alembic recorded it (an older dualwrite did not redo it)
+        at = await migrate.current(engine, cfg)
+        if at == revision and await _plaintext_present(engine, state):
+            # a rollback cut off before Alembic recorded it (an older dualwrite did not redo it)
             await migrate.downgrade(engine, cfg, parent, settings=settings)
-        if await migrate.current(engine, cfg) != revision:
+            at = parent
+        if at != revision:
             log.info("migration %s: applying contract revision %s", name, revision)
             await migrate.upgrade(engine, cfg, revision, allow_contract=True, settings=settings)
         if await _plaintext_present(engine, state):
