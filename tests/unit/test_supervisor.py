@@ -65,9 +65,9 @@ SUPERVISE = """
 import os, sys
 from pathlib import Path
 from dualwrite.serving import Supervisor, WorkerSpec
-stubborn = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-            "print('up', flush=True); time.sleep(60)")
-polite = "import time; print('up', flush=True); time.sleep(60)"
+stubborn = ("import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "os.write(1, b'up\\\\n'); time.sleep(60)")
+polite = "import os, time; os.write(1, b'up\\\\n'); time.sleep(60)"
 specs = [WorkerSpec([sys.executable, "-c", c], dict(os.environ)) for c in (stubborn, polite)]
 sys.exit(Supervisor(specs, metrics_dir=Path(sys.argv[1]), restart=True, grace_seconds=1).run())
 """
@@ -80,7 +80,12 @@ def test_sigterm_stops_the_workers_and_kills_those_that_ignore_it_after_the_grac
         [sys.executable, "-c", SUPERVISE, str(tmp_path / "m")], stdout=subprocess.PIPE, text=True
     )
     assert proc.stdout is not None
-    assert [proc.stdout.readline(), proc.stdout.readline()] == ["up\n", "up\n"]
+    seen = ""
+    while seen.count("up") < 2:  # one write(2) per child: the pipe keeps each line whole
+        line = proc.stdout.readline()
+        assert line, f"the supervisor exited before both workers were up: {seen!r}"
+        seen += line
+    assert seen == "up\nup\n"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 0  # stopped on request: not a failure
     assert not (tmp_path / "m").exists()
