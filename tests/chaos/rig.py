@@ -176,8 +176,16 @@ class Rig:
     # --- faults on the server -----------------------------------------------------------------
 
     async def restart_server(self, down_seconds: float) -> None:
-        await asyncio.to_thread(restart, self.data_dir, down_seconds)
+        """Stop and start the server; a cancelled caller still waits until it is up again
+        (the thread runs on regardless: nobody may go on against a server shutting down)."""
+        job = asyncio.ensure_future(asyncio.to_thread(restart, self.data_dir, down_seconds))
         self.restarts += 1
+        try:
+            await asyncio.shield(job)
+        except asyncio.CancelledError:
+            await job
+            await self.engine.dispose()  # its connections died with the old server
+            raise
 
     async def terminate_backends(self) -> int:
         async with self.engine.connect() as conn:
