@@ -57,10 +57,10 @@ async def test_schemathesis_finds_no_failure(db_factory: DatabaseFactory, tmp_pa
     log_file = tmp_path / "serve.log"
     try:
         async with served(env, log_file=log_file) as base:
-            with_token = await schemathesis(
-                base, tmp_path, 30, "--header", f"Authorization: Bearer {OPERATOR}"
+            with_token, without = await asyncio.gather(  # side by side: half the wall time
+                schemathesis(base, tmp_path, 20, "--header", f"Authorization: Bearer {OPERATOR}"),
+                schemathesis(base, tmp_path, 10),
             )
-            without = await schemathesis(base, tmp_path, 10)
     finally:
         await db_factory.drop(url)
     for report in (with_token, without):
