@@ -344,7 +344,7 @@ async def _under_load(args: Any, db: Any, keys: dict[str, str], ws: str, ids: li
     proc.terminate()
     proc.wait(timeout=30)
     states: dict[str, int] = {}
-    budget = baseline = None
+    budget = baseline = budgets = None
     for line in stdout.decode().splitlines():
         with contextlib.suppress(ValueError):
             doc = json.loads(line)
@@ -352,6 +352,7 @@ async def _under_load(args: Any, db: Any, keys: dict[str, str], ws: str, ids: li
                 states[doc.get("state")] = states.get(doc.get("state"), 0) + 1
             elif doc.get("event") == "latency_budget":
                 budget, baseline = doc.get("budget_ms"), doc.get("baseline_p95_ms")
+                budgets = doc.get("budgets")  # per route (a fleet of this dualwrite)
     ip, dp = _pct(idle, 0.95), _pct(during, 0.95)
     return {
         "idle_single_p95_ms": ip,
@@ -360,6 +361,7 @@ async def _under_load(args: Any, db: Any, keys: dict[str, str], ws: str, ids: li
         "under_load_backfill_rows_per_s": round(args.rows / took),
         "under_load_backfill_s": round(took, 1),
         "under_load_latency_budget_ms": budget,
+        "under_load_latency_budgets_ms": budgets,
         "under_load_fleet_p95_baseline_ms": baseline,
         "under_load_fleet_p95_during_max_ms": max(fleet, default=None),
         "under_load_fleet_p95_during_median_ms": sorted(fleet)[len(fleet) // 2] if fleet else None,

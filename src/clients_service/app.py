@@ -307,7 +307,8 @@ class RequestEdge:
                 method=scope["method"], route=template, status=str(status_code)
             ).observe(took)
             if not template.startswith(_NOT_LIVE):
-                self._recent.add(took)  # the heartbeat's recent_p95_ms
+                # the heartbeat's recent_p95_ms and, per route, recent_latency
+                self._recent.add(took, f"{scope['method']} {template}")
 
     async def _buffer(self, scope: Scope, receive: Receive) -> Receive | None:
         """Read the whole body (refusing early past the limit); ``None`` if too large."""

@@ -187,22 +187,28 @@ async def test_heartbeat_reports_the_recent_request_p95(
     engine: AsyncEngine, database_url: URL
 ) -> None:
     """``dualwrite_instances.recent_p95_ms`` carries the p95 of the requests this instance
-    served lately (what the backfill's latency budget reads)."""
+    served lately, ``recent_latency`` the p95 per route (what the latency budget reads)."""
     metrics = Metrics()
     for ms in range(1, 101):
-        metrics.recent_latency.add(ms / 1000)
+        metrics.recent_latency.add(ms / 1000, "GET /one")
+    metrics.recent_latency.add(0.9, "GET /bulk")
     async with watcher(database_url, poll=0.1, listen=False, metrics=metrics) as (w, _):
         for _ in range(100):
             async with engine.connect() as conn:
                 got = (
                     await conn.execute(
                         text(
-                            "SELECT recent_p95_ms FROM dualwrite_instances WHERE instance_id = :i"
+                            "SELECT recent_p95_ms, recent_latency FROM dualwrite_instances "
+                            "WHERE instance_id = :i"
                         ),
                         {"i": w.instance_id},
                     )
-                ).scalar()
-            if got is not None:
+                ).one_or_none()
+            if got is not None and got[0] is not None:
                 break
             await asyncio.sleep(0.1)
-    assert got == 95.0
+    assert got is not None and got[0] == 96.0  # overall: 101 requests
+    assert got[1] == {
+        "GET /bulk": {"p95_ms": 900.0, "n": 1},
+        "GET /one": {"p95_ms": 95.0, "n": 100},
+    }

@@ -132,3 +132,53 @@ def test_recent_latency_window_forgets_old_requests() -> None:
     assert w.p95_ms() == 500.0
     now[0] = 6.0  # the slow ones are older than the window
     assert w.p95_ms() == 10.0
+
+
+def test_per_route_budgets_the_route_furthest_over_decides() -> None:
+    """The overall p95 follows the bulk reads; single reads slowing 3x must still hold."""
+    base = {"GET /one": 10.0, "GET /bulk": 100.0}
+    t = LatencyThrottle(LatencyPolicy(min_delay=0.1, max_delay=0.4), baseline_ms=base)
+    assert t.budgets == {"GET /one": 15.0, "GET /bulk": 150.0} and t.budget_ms == 15.0
+    d = t.decide({"GET /one": 30.0, "GET /bulk": 110.0})
+    assert (d.state, d.route, d.p95_ms, d.budget_ms) == ("slowed", "GET /one", 30.0, 15.0)
+    assert d.reason == "GET /one p95 30.0 ms > budget 15.0 ms"
+    # both over: the larger ratio names the route (bulk 2x beats single 1.2x)
+    assert t.decide({"GET /one": 18.0, "GET /bulk": 300.0}).route == "GET /bulk"
+    # a route without a baseline of its own is held to the overall budget, if there is one
+    assert t.decide({"GET /new": 1000.0, "GET /one": 1.0}).route == "GET /one"
+    mixed = LatencyThrottle(LatencyPolicy(), baseline_ms={"*": 20.0, "GET /one": 10.0})
+    assert mixed.decide({"GET /new": 40.0}).reason == "GET /new p95 40.0 ms > budget 30.0 ms"
+    # an absolute target holds every route to it
+    target = LatencyThrottle(LatencyPolicy(target_ms=50.0), baseline_ms=base)
+    assert target.decide({"GET /one": 30.0, "GET /bulk": 60.0}).route == "GET /bulk"
+    assert target.decide({"GET /one": 30.0, "GET /bulk": 40.0}).state == "running"
+
+
+def test_per_route_throttle_resumes_once_every_route_is_back() -> None:
+    t = LatencyThrottle(LatencyPolicy(min_delay=0.1, max_delay=0.2), {"a": 10.0, "b": 10.0})
+    over = [t.decide({"a": 20.0, "b": 5.0}).state for _ in range(3)]
+    assert over == ["slowed", "paused", "paused"]
+    back = [t.decide({"a": 5.0, "b": 14.0}).state for _ in range(3)]
+    assert back == ["slowed", "running", "running"] and t.last.reason is None
+
+
+def test_recent_latency_by_route() -> None:
+    now = [0.0]
+    w = RecentLatency(window_seconds=5, clock=lambda: now[0])
+    for ms in range(1, 41):
+        w.add(ms / 1000, "GET /one")
+    w.add(0.2, "GET /bulk")
+    assert w.by_route() == {
+        "GET /bulk": {"p95_ms": 200.0, "n": 1},
+        "GET /one": {"p95_ms": 38.0, "n": 40},
+    }
+    now[0] = 6.0
+    assert w.by_route() == {}
+
+
+def test_progress_line_carries_the_throttle_reason() -> None:
+    from dualwrite.backfill.progress import Progress
+
+    line = Progress("m", "encrypt", 0, 10, 0, 90, 5.0, "throttled", "fleet p95 9 ms > 6 ms")
+    assert line.as_dict()["reason"] == "fleet p95 9 ms > 6 ms"
+    assert "reason" not in Progress("m", "encrypt", 0, 10, 0, 90, 5.0).as_dict()

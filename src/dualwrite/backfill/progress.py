@@ -28,6 +28,7 @@ class Progress:
     remaining: int
     rows_per_s: float
     state: str = "running"  # running | paused | throttled | finished | watching | stopped
+    reason: str | None = None  # why it is throttled (the latency budget, the database health)
 
     @property
     def eta_s(self) -> float | None:
@@ -40,7 +41,7 @@ class Progress:
             "event": "progress", "migration": self.migration, "mode": self.mode,
             "shard": self.shard, "state": self.state, "done": self.done, "failed": self.failed,
             "remaining": self.remaining, "rows_per_s": round(self.rows_per_s, 1),
-            "eta_s": self.eta_s,
+            "eta_s": self.eta_s, **({"reason": self.reason} if self.reason else {}),
         }  # fmt: skip
 
 
@@ -107,7 +108,8 @@ class RichProgress:
         total = progress.done + progress.failed + progress.remaining
         self.bar.update(
             self.task, completed=progress.done + progress.failed, total=total,
-            rate=f"{progress.rows_per_s:,.0f}", state=progress.state,
+            rate=f"{progress.rows_per_s:,.0f}",
+            state=f"{progress.state}: {progress.reason}" if progress.reason else progress.state,
         )  # fmt: skip
 
     def event(self, name: str, **fields: Any) -> None:

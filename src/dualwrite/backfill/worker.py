@@ -327,11 +327,11 @@ class Backfiller:
                 await asyncio.wait_for(self._stop.wait(), timeout=seconds)
         return self._stop.is_set()
 
-    def snapshot(self, state: str) -> Progress:
+    def snapshot(self, state: str, reason: str | None = None) -> Progress:
         o = self.options
         return Progress(
             self.migration, o.mode.value, o.shard, self.report.rows_done, self.report.rows_failed,
-            max(self._remaining, 0), self.rate.rate(), state,
+            max(self._remaining, 0), self.rate.rate(), state, reason,
         )  # fmt: skip
 
     # --- accounting (the pipeline reports; the worker counts) -----------------------------
@@ -365,7 +365,8 @@ class Backfiller:
         """Wait ``seconds`` holding back for ``why`` (paused, health, rate); True when stopped."""
         gauge = self.metrics.backfill_throttle.labels(self.migration, why)
         gauge.set(1)
-        self.progress.update(self.snapshot("paused" if why == "paused" else "throttled"))
+        reason = {"latency": self.latency.reason, "health": self._health_problem}.get(why)
+        self.progress.update(self.snapshot("paused" if why == "paused" else "throttled", reason))
         try:
             return await self.sleep(seconds)
         finally:

@@ -6,7 +6,8 @@
     $ dualwrite backfill --mode encrypt --latency-target-ms 80   # hold while live p95 > 80 ms
 
 While it runs, the backfill protects live latency (:mod:`dualwrite.backfill.latency`): it slows
-down, then pauses, while the fleet's recent p95 exceeds 1.5x the p95 it saw at the start.
+down, then pauses, while the fleet's recent p95 of any route exceeds 1.5x that route's p95 at
+the start (or ``--latency-target-ms``); ``dualwrite status`` and the progress lines say why.
 
 Refusals (unknown migration, a phase that does not allow the mode, missing keys, a decrypt
 in ``read_switch`` before every live instance observed it) print one line and exit 1 before any

@@ -98,6 +98,11 @@ def render(report: dict[str, Any]) -> Panel:
                 f"done: {done}; remaining: {remaining}; finished: {_short(bf['finished_at'])}",
             ),
             ("backfill knobs", knobs),
+            *[
+                (f"throttled {c['mode']}/{c['shard']}", f"{t['state']}: {t['reason']}")
+                for c in bf["checkpoints"]
+                if (t := c.get("throttle"))
+            ],
             ("verification", verification),
             ("latency gate", gate_text),
         ]

@@ -194,6 +194,8 @@ async def migration_report(
                     "started_at": _ts(cp.started_at),
                     "updated_at": _ts(cp.updated_at),
                     "finished_at": _ts(cp.finished_at),
+                    # why its worker holds back (latency budget), while the run is unfinished
+                    "throttle": dict(cp.throttle) if cp.throttle and not cp.finished_at else None,
                 }
                 for cp in cps
             ],

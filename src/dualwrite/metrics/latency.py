@@ -1,29 +1,51 @@
-"""An instance's recent request latency: the p95 of the requests of the last few seconds.
+"""An instance's recent request latency: the p95 of the requests of the last few seconds,
+overall and per route.
 
-The API's request edge adds every served request; the phase watcher puts :meth:`p95_ms` into
-its heartbeat (``dualwrite_instances.recent_p95_ms``), which the backfiller's latency budget
-reads (:mod:`dualwrite.backfill.latency`). The clock is injected (pure, testable):
+The API's request edge adds every served request with its route (method and template, never
+the raw path); the phase watcher puts :meth:`p95_ms` and :meth:`by_route` into its heartbeat
+(``dualwrite_instances.recent_p95_ms`` and ``recent_latency``), which the backfiller's latency
+budget reads (:mod:`dualwrite.backfill.latency`). Per route, because one overall figure mixes
+cheap single reads with bulk reads: whichever the traffic leans to hides the other's slowdown.
+The clock is injected (pure, testable):
 
 >>> t = [100.0]
 >>> w = RecentLatency(window_seconds=10, clock=lambda: t[0])
 >>> w.p95_ms() is None
 True
 >>> for ms in range(1, 101):
-...     w.add(ms / 1000)
+...     w.add(ms / 1000, "GET /one")
+>>> w.add(0.5, "GET /bulk")
 >>> w.p95_ms()
-95.0
+96.0
+>>> w.by_route()
+{'GET /bulk': {'p95_ms': 500.0, 'n': 1}, 'GET /one': {'p95_ms': 95.0, 'n': 100}}
 >>> t[0] = 111.0  # all older than the window
->>> w.p95_ms() is None
-True
+>>> w.p95_ms() is None, w.by_route()
+(True, {})
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
-__all__ = ["RecentLatency"]
+__all__ = ["ANY_ROUTE", "RecentLatency", "nearest_rank_p95"]
+
+ANY_ROUTE = "*"
+"""The route of a request added without one."""
+
+
+def nearest_rank_p95(values: Iterable[float]) -> float | None:
+    """The nearest-rank 95th percentile (``None`` for no values).
+
+    >>> nearest_rank_p95([3.0, 1.0, 2.0]), nearest_rank_p95([])
+    (3.0, None)
+    """
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    return ordered[max(0, -(-95 * len(ordered) // 100) - 1)]  # ceil(0.95 n) - 1
 
 
 class RecentLatency:
@@ -32,22 +54,32 @@ class RecentLatency:
     def __init__(
         self,
         window_seconds: float = 10.0,
-        max_samples: int = 4096,
+        max_samples: int = 8192,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.window_seconds = window_seconds
         self._clock = clock
-        self._samples: deque[tuple[float, float]] = deque(maxlen=max_samples)
+        self._samples: deque[tuple[float, float, str]] = deque(maxlen=max_samples)
 
-    def add(self, seconds: float) -> None:
-        """One served request that took ``seconds``."""
-        self._samples.append((self._clock(), seconds))
+    def add(self, seconds: float, route: str = ANY_ROUTE) -> None:
+        """One served request of ``route`` that took ``seconds``."""
+        self._samples.append((self._clock(), seconds, route))
+
+    def _recent(self) -> list[tuple[float, float, str]]:
+        since = self._clock() - self.window_seconds
+        return [s for s in list(self._samples) if s[0] >= since]
 
     def p95_ms(self) -> float | None:
-        """The nearest-rank p95 in milliseconds of the window, ``None`` without requests."""
-        since = self._clock() - self.window_seconds
-        recent = sorted(s for at, s in list(self._samples) if at >= since)
-        if not recent:
-            return None
-        rank = max(0, -(-95 * len(recent) // 100) - 1)  # ceil(0.95 n) - 1
-        return round(recent[rank] * 1000, 3)
+        """The p95 in milliseconds of every request in the window, ``None`` without requests."""
+        p95 = nearest_rank_p95(s for _, s, _ in self._recent())
+        return None if p95 is None else round(p95 * 1000, 3)
+
+    def by_route(self) -> dict[str, dict[str, float | int]]:
+        """Per route of the window: its p95 in milliseconds and how many requests it had."""
+        per: dict[str, list[float]] = {}
+        for _, seconds, route in self._recent():
+            per.setdefault(route, []).append(seconds)
+        return {
+            route: {"p95_ms": round((nearest_rank_p95(v) or 0.0) * 1000, 3), "n": len(v)}
+            for route, v in sorted(per.items())
+        }

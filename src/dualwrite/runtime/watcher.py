@@ -375,26 +375,17 @@ class PhaseWatcher:
 
     async def _heartbeat_once(self) -> None:
         longest = self._inflight.longest_seconds()
-        p95 = self.metrics.recent_latency.p95_ms() if self.metrics else None  # served requests
+        recent = self.metrics.recent_latency if self.metrics else None  # served requests
+        p95, routes = (recent.p95_ms(), recent.by_route()) if recent else (None, None)
         async with self.engine.begin() as conn:
             for name in self._served_names():
                 version, phase = self._inflight.reportable(self._states[name])
-                await fleet.heartbeat(
-                    conn,
-                    fleet.Heartbeat(
-                        instance_id=self.instance_id,
-                        migration=name,
-                        observed_phase=phase,
-                        observed_version=version,
-                        key_versions=self.key_versions,
-                        role=self.role,
-                        host=self._host,
-                        pid=self._pid,
-                        poll_interval_seconds=self.poll_interval,
-                        longest_request_seconds=longest,
-                        recent_p95_ms=p95,
-                    ),
-                )
+                await fleet.heartbeat(conn, fleet.Heartbeat(
+                    instance_id=self.instance_id, migration=name, observed_phase=phase,
+                    observed_version=version, key_versions=self.key_versions, role=self.role,
+                    host=self._host, pid=self._pid, poll_interval_seconds=self.poll_interval,
+                    longest_request_seconds=longest, recent_p95_ms=p95, recent_latency=routes,
+                ))  # fmt: skip
             await self._flush_read_events(conn)
             if self.metrics is not None:
                 await export_heartbeat_gauges(conn, self.metrics, poll_interval=self.poll_interval)

@@ -10,7 +10,7 @@ columns and tables: instances of an older dualwrite keep working, and what they 
 stays NULL, which the guards read as "not satisfied").
 
 >>> STATE_SCHEMA_VERSION
-3
+4
 >>> [s.split(" (")[0] for s in upgrade_statements(1)][:1]
 ['CREATE TABLE IF NOT EXISTS dualwrite_state_version']
 >>> upgrade_statements(STATE_SCHEMA_VERSION)
@@ -199,6 +199,19 @@ REVISIONS: tuple[StateRevision, ...] = (
         )""",
         ),
         ("DROP TABLE IF EXISTS dualwrite_schema_steps",),
+    ),
+    StateRevision(
+        4,
+        "the latency budget: each instance's recent p95 per route, and why each backfill "
+        "worker is throttled",
+        (
+            "ALTER TABLE dualwrite_instances ADD COLUMN IF NOT EXISTS recent_latency jsonb",
+            "ALTER TABLE dualwrite_checkpoints ADD COLUMN IF NOT EXISTS throttle jsonb",
+        ),
+        (
+            "ALTER TABLE dualwrite_checkpoints DROP COLUMN IF EXISTS throttle",
+            "ALTER TABLE dualwrite_instances DROP COLUMN IF EXISTS recent_latency",
+        ),
     ),
 )
 

@@ -15,6 +15,7 @@ INSERT INTO dualwrite_checkpoints (migration, mode, shard, r
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,6 +32,7 @@ __all__ = [
     "last_finished_at",
     "list_checkpoints",
     "save_checkpoint",
+    "set_throttle",
     "start_run",
     "unfinished_runs",
 ]
@@ -48,13 +50,23 @@ class Checkpoint:
     started_at: datetime | None = None
     updated_at: datetime | None = None
     finished_at: datetime | None = None
+    # why the run's worker holds back right now (state, reason, wait_seconds, at); None: it
+    # does not (or the state tables predate revision 4)
+    throttle: Mapping[str, Any] | None = None
 
 
 _COLUMNS = (
     "migration, mode, shard, run_id, last_key, rows_done, rows_failed, started_at, updated_at, "
     "finished_at"
 )
-_SELECT = f"SELECT {_COLUMNS} FROM dualwrite_checkpoints WHERE migration = $1"
+_SELECT = (  # to_jsonb(c): state tables before revision 4 have no throttle column
+    f"SELECT {_COLUMNS}, to_jsonb(c) -> 'throttle' AS throttle FROM dualwrite_checkpoints c "
+    "WHERE migration = $1"
+)
+_THROTTLE = (
+    "UPDATE dualwrite_checkpoints SET throttle = $4::text::jsonb || jsonb_build_object('at', "
+    "clock_timestamp()) WHERE migration = $1 AND mode = $2 AND shard = $3"
+)
 _INSERT = f"INSERT INTO dualwrite_checkpoints ({_COLUMNS}) VALUES "
 _CONFLICT = " ON CONFLICT (migration, mode, shard) DO UPDATE SET "
 
@@ -117,7 +129,10 @@ async def _execute(conn: Any, sql: str, *args: Any) -> None:
 
 
 def _checkpoint(row: Mapping[str, Any]) -> Checkpoint:
-    return Checkpoint(**{k: row[k] for k in Checkpoint.__slots__})
+    values = {k: row[k] for k in Checkpoint.__slots__}
+    if isinstance(values["throttle"], str):  # a raw asyncpg connection has no jsonb codec
+        values["throttle"] = json.loads(values["throttle"])
+    return Checkpoint(**values)
 
 
 async def get_checkpoint(conn: Any, migration: str, mode: str, shard: int = 0) -> Checkpoint | None:
@@ -138,6 +153,15 @@ async def save_checkpoint(conn: Any, cp: Checkpoint) -> None:
         conn, _SAVE, cp.migration, cp.mode, cp.shard, cp.run_id, cp.last_key, cp.rows_done,
         cp.rows_failed, cp.started_at, cp.finished_at,
     )  # fmt: skip
+
+
+async def set_throttle(
+    conn: Any, migration: str, mode: str, shard: int, throttle: Mapping[str, Any] | None
+) -> None:
+    """Record why the run's worker holds back (``None``: it no longer does), stamped ``at``
+    with the database clock. Needs state revision 4 (the caller tolerates its absence)."""
+    doc = None if throttle is None else json.dumps(dict(throttle))
+    await _execute(conn, _THROTTLE, migration, mode, shard, doc)
 
 
 async def start_run(

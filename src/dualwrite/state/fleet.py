@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import text
@@ -36,6 +38,8 @@ class Heartbeat:
     poll_interval_seconds: float | None = None  # this instance's own interval (liveness)
     longest_request_seconds: float | None = None  # the longest request it has served lately
     recent_p95_ms: float | None = None  # its recent request latency
+    # per route: {"GET /clients/{id}": {"p95_ms": 12.5, "n": 140}, ...} (RecentLatency.by_route)
+    recent_latency: Mapping[str, Mapping[str, float]] | None = None
 
 
 async def heartbeat(conn: AsyncConnection, hb: Heartbeat) -> None:
@@ -44,9 +48,9 @@ async def heartbeat(conn: AsyncConnection, hb: Heartbeat) -> None:
         text(
             "INSERT INTO dualwrite_instances (instance_id, migration, role, host, pid, "
             "observed_phase, observed_version, key_versions, last_seen, poll_interval_seconds, "
-            "observed_at, longest_request_seconds, recent_p95_ms) VALUES (:i, :m, :role, "
-            ":host, :pid, :phase, :ver, :keys, clock_timestamp(), :interval, clock_timestamp(), "
-            ":longest, :p95) ON CONFLICT (instance_id, "
+            "observed_at, longest_request_seconds, recent_p95_ms, recent_latency) VALUES (:i, "
+            ":m, :role, :host, :pid, :phase, :ver, :keys, clock_timestamp(), :interval, "
+            "clock_timestamp(), :longest, :p95, CAST(:routes AS jsonb)) ON CONFLICT (instance_id, "
             "migration) DO UPDATE SET role = excluded.role, host = excluded.host, pid = "
             "excluded.pid, observed_phase = excluded.observed_phase, observed_version = "
             "excluded.observed_version, key_versions = excluded.key_versions, last_seen = "
@@ -54,7 +58,8 @@ async def heartbeat(conn: AsyncConnection, hb: Heartbeat) -> None:
             "observed_at = CASE WHEN dualwrite_instances.observed_version IS NOT DISTINCT FROM "
             "excluded.observed_version THEN dualwrite_instances.observed_at ELSE "
             "excluded.observed_at END, longest_request_seconds = "
-            "excluded.longest_request_seconds, recent_p95_ms = excluded.recent_p95_ms"
+            "excluded.longest_request_seconds, recent_p95_ms = excluded.recent_p95_ms, "
+            "recent_latency = excluded.recent_latency"
         ),
         {
             "i": hb.instance_id,
@@ -68,6 +73,7 @@ async def heartbeat(conn: AsyncConnection, hb: Heartbeat) -> None:
             "interval": hb.poll_interval_seconds,
             "longest": hb.longest_request_seconds,
             "p95": hb.recent_p95_ms,
+            "routes": None if hb.recent_latency is None else json.dumps(hb.recent_latency),
         },
     )
 
