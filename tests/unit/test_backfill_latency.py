@@ -158,7 +158,10 @@ def test_per_route_throttle_resumes_once_every_route_is_back() -> None:
     t = LatencyThrottle(LatencyPolicy(min_delay=0.1, max_delay=0.2), {"a": 10.0, "b": 10.0})
     over = [t.decide({"a": 20.0, "b": 5.0}).state for _ in range(3)]
     assert over == ["slowed", "paused", "paused"]
-    back = [t.decide({"a": 5.0, "b": 14.0}).state for _ in range(3)]
+    # b within its budget of 15 but above 0.8 of it: the pace is kept, not released
+    near = [t.decide({"a": 5.0, "b": 14.0}) for _ in range(3)]
+    assert {(d.state, d.wait) for d in near} == {("paused", 0.2)} and near[-1].reason
+    back = [t.decide({"a": 5.0, "b": 11.0}).state for _ in range(3)]
     assert back == ["slowed", "running", "running"] and t.last.reason is None
 
 

@@ -12,12 +12,14 @@ decides (pure, no clock, no I/O) on the route furthest over its budget:
 
 * over budget: wait before the next batch, the wait doubling per check from ``min_delay``
   (slowed); once at ``max_delay`` and still over, hold every batch (paused);
-* within budget: the wait halves per check until it is gone (resumed).
+* within budget but above ``resume_below`` (0.8) of it: keep the wait (a backfill that sped up
+  at once would push the p95 straight back over: the budget would be kept only on average);
+* below that: the wait halves per check until it is gone (resumed).
 
 >>> t = LatencyThrottle(LatencyPolicy(min_delay=0.1, max_delay=0.4), baseline_ms=20.0)
 >>> t.budget_ms
 30.0
->>> [(d.state, d.wait) for d in map(t.decide, [25.0, 40.0, 40.0, 40.0, 40.0, 20.0, 20.0, 20.0])]
+>>> [(d.state, d.wait) for d in map(t.decide, [25.0, 40.0, 40.0, 40.0, 28.0, 20.0, 20.0, 20.0])]
 ... # doctest: +NORMALIZE_WHITESPACE
 [('running', 0.0), ('slowed', 0.1), ('slowed', 0.2), ('paused', 0.4), ('paused', 0.4),
  ('slowed', 0.2), ('slowed', 0.1), ('running', 0.0)]
@@ -71,6 +73,7 @@ class LatencyPolicy:
     min_delay: float = 0.05
     max_delay: float = 2.0
     check_every: float = 1.0
+    resume_below: float = 0.8  # of the budget: between it and the budget the wait is kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +139,9 @@ class LatencyThrottle:
             self._delay = min(p.max_delay, max(p.min_delay, self._delay * 2))
             state = "paused" if self._delay >= p.max_delay else "slowed"
             why = f"{name} p95 {value:.1f} ms > budget {budget:.1f} ms"
+        elif value > budget * p.resume_below:  # close to the budget: hold the pace
+            state = self.last.state if self._delay else "running"
+            why = self.last.reason or f"{name} p95 {value:.1f} ms near budget {budget:.1f} ms"
         else:
             half = self._delay / 2
             self._delay = half if half >= p.min_delay else 0.0

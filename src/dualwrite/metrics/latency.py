@@ -1,5 +1,6 @@
-"""An instance's recent request latency: the p95 of the requests of the last few seconds,
-overall and per route.
+"""An instance's recent request latency: the p95 of the requests of the last 5 seconds,
+overall and per route (short, so the latency budget sees a backfill's effect within a few
+seconds of it).
 
 The API's request edge adds every served request with its route (method and template, never
 the raw path); the phase watcher puts :meth:`p95_ms` and :meth:`by_route` into its heartbeat
@@ -53,7 +54,7 @@ class RecentLatency:
 
     def __init__(
         self,
-        window_seconds: float = 10.0,
+        window_seconds: float = 5.0,
         max_samples: int = 8192,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
