@@ -25,6 +25,7 @@ from dualwrite.backfill.latency import (
     throttle_recorder,
 )
 from dualwrite.cli import app as cli_app
+from dualwrite.db import connect_raw, make_engine
 from dualwrite.schema import state_revisions
 from dualwrite.state import checkpoints
 from tests.conftest import TEST_BIDX_KEY, TEST_KEY_V1
@@ -34,10 +35,11 @@ SINGLE, BULK = "GET /workspaces/{ws}/clients/{id}", "GET /workspaces/{ws}/client
 
 
 async def raw(url: URL) -> asyncpg.Connection:
-    return await asyncpg.connect(
-        host=url.query["host"], port=int(str(url.query["port"])), user=url.username,
-        database=url.database,
-    )  # fmt: skip
+    engine = make_engine(url, pool_size=1)
+    try:
+        return await connect_raw(engine)
+    finally:
+        await engine.dispose()
 
 
 async def report_instance(
