@@ -72,15 +72,21 @@ class RecentLatency:
 
     def p95_ms(self) -> float | None:
         """The p95 in milliseconds of every request in the window, ``None`` without requests."""
-        p95 = nearest_rank_p95(s for _, s, _ in self._recent())
-        return None if p95 is None else round(p95 * 1000, 3)
+        return self.summary()[0]
 
     def by_route(self) -> dict[str, dict[str, float | int]]:
         """Per route of the window: its p95 in milliseconds and how many requests it had."""
+        return self.summary()[1]
+
+    def summary(self) -> tuple[float | None, dict[str, dict[str, float | int]]]:
+        """:meth:`p95_ms` and :meth:`by_route` from one read of the window (the heartbeat)."""
+        recent = self._recent()
+        p95 = nearest_rank_p95(s for _, s, _ in recent)
         per: dict[str, list[float]] = {}
-        for _, seconds, route in self._recent():
+        for _, seconds, route in recent:
             per.setdefault(route, []).append(seconds)
-        return {
+        routes: dict[str, dict[str, float | int]] = {
             route: {"p95_ms": round((nearest_rank_p95(v) or 0.0) * 1000, 3), "n": len(v)}
             for route, v in sorted(per.items())
         }
+        return (None if p95 is None else round(p95 * 1000, 3)), routes

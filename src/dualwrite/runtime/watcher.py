@@ -376,7 +376,7 @@ class PhaseWatcher:
     async def _heartbeat_once(self) -> None:
         longest = self._inflight.longest_seconds()
         recent = self.metrics.recent_latency if self.metrics else None  # served requests
-        p95, routes = (recent.p95_ms(), recent.by_route()) if recent else (None, None)
+        p95, routes = recent.summary() if recent else (None, None)
         async with self.engine.begin() as conn:
             for name in self._served_names():
                 version, phase = self._inflight.reportable(self._states[name])
