@@ -34,6 +34,25 @@ def test_matches_independent_hmac(bidx: BlindIndex) -> None:
     assert bidx.compute("  ZOË   Ñ ", "text") == text[:16]
 
 
+@pytest.mark.parametrize("key_bytes", [32, 63, 64, 65, 200])
+def test_precomputed_key_states_are_hmac_for_every_key_length(key_bytes: int) -> None:
+    # the index keeps HMAC's padded-key states, not the key: longer-than-block keys are hashed
+    key = os.urandom(key_bytes)
+    index = BlindIndex(key, length=32)
+    for value in ("a", "x" * 63, "y" * 64, "z" * 200, "zoë"):
+        message = b"dualwrite.bidx.v1|exact|" + value.encode()
+        assert index.compute(value, "exact") == hmac.digest(key, message, "sha256")
+        unique = b"dualwrite.uidx.v1|" + value.encode()
+        assert index.unique(value) == hmac.digest(key, unique, "sha256")
+
+
+def test_phone_fast_path_keeps_exactly_the_ascii_digits(bidx: BlindIndex) -> None:
+    every_ascii = "".join(chr(c) for c in range(128))
+    assert BlindIndex.normalize(every_ascii, "phone") == "0123456789"
+    # non-ASCII input: NFKC first, then only ASCII digits stay (Arabic-Indic digits do not)
+    assert BlindIndex.normalize("\uff11\u0662 3", "phone") == "13"
+
+
 @pytest.mark.parametrize(
     "variant", ["ada@example.com", " Ada@Example.COM ", "ADA@EXAMPLE.COM\n", "\tada@example.com"]
 )

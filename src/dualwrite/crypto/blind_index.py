@@ -36,7 +36,7 @@ with a UNIQUE index.
 
 from __future__ import annotations
 
-import hmac
+import hashlib
 import re
 import unicodedata
 from typing import TYPE_CHECKING, Literal
@@ -57,6 +57,27 @@ _KIND_TAGS: dict[str, bytes] = {
     k: BLIND_INDEX_DOMAIN + k.encode("ascii") + b"|" for k in ("email", "phone", "text", "exact")
 }
 _NOT_ASCII_DIGIT = re.compile("[^0-9]")  # a literal range: ASCII digits only
+# ASCII input (the common case): the same deletion as _NOT_ASCII_DIGIT by str.translate
+_ASCII_NON_DIGITS = str.maketrans("", "", "".join(chr(c) for c in range(128) if not 48 <= c <= 57))
+_BLOCK = 64  # SHA-256's block size: HMAC pads (or first hashes) the key to it
+
+
+def _hmac_states(key: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
+    """HMAC-SHA256's inner and outer hash states after the padded key (RFC 2104), so that one
+    index costs two hash copies instead of a fresh HMAC key schedule.
+
+    >>> import hmac
+    >>> inner, outer = _hmac_states(bytes(range(40)))
+    >>> i = inner.copy(); i.update(b"m"); o = outer.copy(); o.update(i.digest())
+    >>> o.digest() == hmac.digest(bytes(range(40)), b"m", "sha256")
+    True
+    """
+    if len(key) > _BLOCK:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(_BLOCK, b"\0")
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+    outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+    return inner, outer
 
 
 class BlindIndex:
@@ -70,7 +91,7 @@ class BlindIndex:
     '4402079460958'
     """
 
-    __slots__ = ("_key", "length")
+    __slots__ = ("_inner", "_outer", "length")
 
     def __init__(self, key: bytes, length: int = 16) -> None:
         if not isinstance(key, bytes | bytearray):
@@ -81,7 +102,7 @@ class BlindIndex:
             )
         if isinstance(length, bool) or not isinstance(length, int) or not 8 <= length <= 32:
             raise ValueError("blind index length must be an int from 8 to 32")
-        self._key = bytes(key)
+        self._inner, self._outer = _hmac_states(bytes(key))
         self.length = length
 
     @classmethod
@@ -106,6 +127,8 @@ class BlindIndex:
         if kind == "email":
             return text.strip().casefold()
         if kind == "phone":
+            if text.isascii():
+                return text.translate(_ASCII_NON_DIGITS)
             return _NOT_ASCII_DIGIT.sub("", text)
         if kind == "text":
             return " ".join(text.casefold().split())
@@ -118,16 +141,7 @@ class BlindIndex:
         >>> b.compute("A@x.io ", "email").hex(), b.compute(None, "email")
         ('9bbb010dbf3550e0', None)
         """
-        if value is None:
-            return None
-        normal = self.normalize(value, kind)
-        if not normal and kind != "exact":
-            return None
-        try:
-            message = _KIND_TAGS[kind] + normal.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError("blind index value is not valid Unicode (lone surrogate)") from None
-        return hmac.digest(self._key, message, "sha256")[: self.length]
+        return None if value is None else self._index(value, kind, None)
 
     def stored(self, value: str | None, kind: Kind) -> bytes | None:
         """What a writer stores: like :meth:`compute`, but a present value that normalises to
@@ -139,10 +153,23 @@ class BlindIndex:
         >>> b.stored("n/a", "phone"), b.stored(None, "phone"), b.compute("n/a", "phone")
         (b'', None, None)
         """
-        if value is None:
-            return None
-        digest = self.compute(value, kind)
-        return b"" if digest is None else digest
+        return None if value is None else self._index(value, kind, b"")
+
+    def _index(self, value: str, kind: Kind, empty: bytes | None) -> bytes | None:
+        """The truncated HMAC of ``value``'s normal form, or ``empty`` when it normalises to
+        nothing (one call layer: the write path computes this for every searchable field)."""
+        normal = self.normalize(value, kind)
+        if not normal and kind != "exact":
+            return empty
+        try:
+            message = _KIND_TAGS[kind] + normal.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("blind index value is not valid Unicode (lone surrogate)") from None
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()[: self.length]
 
     def unique(self, value: str | None) -> bytes | None:
         """The ``<name>_uidx`` of a ``unique`` field's exact value (its canonical equality text).
@@ -157,7 +184,15 @@ class BlindIndex:
             message = UNIQUE_INDEX_DOMAIN + value.encode("utf-8")
         except UnicodeEncodeError:
             raise ValueError("unique index value is not valid Unicode (lone surrogate)") from None
-        return hmac.digest(self._key, message, "sha256")
+        return self._mac(message)
+
+    def _mac(self, message: bytes) -> bytes:
+        """``HMAC-SHA256(key, message)`` from the precomputed key states."""
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
     def __reduce__(self) -> str | tuple[object, ...]:
         raise TypeError("BlindIndex cannot be pickled (it would copy key material)")

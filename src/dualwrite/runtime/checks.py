@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from dualwrite.crypto import FieldCipher
 from dualwrite.errors import DecryptionError
+from dualwrite.metrics import Metrics
 from dualwrite.runtime.layout import _Field
 from dualwrite.spec import MigrationSpec
 
@@ -39,6 +40,19 @@ class ReadChecks:
     _fallback: dict[str, Any]
     _mismatch: dict[str, Any]
     _decrypt_failures: dict[str, Any]
+
+    def _bind_counters(self, m: Metrics, migration: str, fields: Sequence[str]) -> None:
+        """The labelled counters of ``fields``, bound once (no label lookup per read)."""
+        self._fallback = {f: m.read_fallbacks.labels(migration=migration, field=f) for f in fields}
+        self._mismatch = {
+            f: m.shadow_mismatches.labels(migration=migration, field=f) for f in fields
+        }
+        self._shadow_reads = m.shadow_reads.labels(migration=migration)
+        # created at 0 so that the first failure is an increase Prometheus can see
+        self._decrypt_failures = {
+            f: m.crypto_failures.labels(operation="decrypt", migration=migration, field=f)
+            for f in fields
+        }
 
     def _sampled(self) -> bool:
         rate = self.shadow_sample_rate

@@ -50,24 +50,36 @@ class ReadLayout:
 def seal_plan(
     cipher: FieldCipher, table: str, fields: Mapping[str, _Field], index: BlindIndex | None
 ) -> dict[str, tuple[Any, ...]]:
-    """Per field name: ``(field, head, seal, pres, text_of, blind-index fn or None)``, what the
-    codec's write path inlines (see :meth:`FieldCipher.sealer`)."""
+    """Per field name: ``(plaintext col, ciphertext col, head, seal, pres, text_of, limit,
+    blind-index col, blind-index fn or None, kind, unique col)``, what the codec's write path
+    inlines (see :meth:`FieldCipher.sealer`). ``limit``: a ``str`` is its own text when it is
+    not longer (``0``: any length, ``text``), has no NUL, and the column is unpadded text;
+    ``None``: always ask ``text_of`` (typed and ``char(n)`` columns)."""
     return {
         name: (
-            f, *cipher.sealer(table, name), f.vt.text_of,
-            index.stored if (f.bidx is not None and index is not None) else None,
+            f.plaintext, f.ciphertext, *cipher.sealer(table, name), f.vt.text_of, _limit(f.vt),
+            f.bidx, index.stored if (f.bidx is not None and index is not None) else None,
+            f.kind, f.uidx,
         )
         for name, f in fields.items()
     }  # fmt: skip
 
 
+def _limit(vt: ValueType) -> int | None:
+    if vt.name != "text" or vt.padded:
+        return None
+    return 0 if vt.length is None else vt.length
+
+
 def open_plan(
     cipher: FieldCipher, table: str, slots: Sequence[tuple[_Field, int | None, int | None]]
 ) -> tuple[tuple[Any, ...], ...]:
-    """Per slot: ``(field, plaintext idx, ciphertext idx, openers, value_of or None)``, what the
-    codec's read path inlines (see :meth:`FieldCipher.openers`)."""
+    """Per slot: ``(name, plaintext idx, ciphertext idx, openers, value_of or None)``, what the
+    codec's read path inlines (see :meth:`FieldCipher.openers`). The openers are keyed by the
+    version digit's byte (``ct[1]``, an int: no slice to build and hash per field); the caller
+    checks ``ct[0] == ord("v")`` and ``ct[2] == ord(":")``."""
     return tuple(
-        (f, pt_i, ct_i, cipher.openers(table, f.name),
+        (f.name, pt_i, ct_i, {head[1]: v for head, v in cipher.openers(table, f.name).items()},
          None if f.vt.reads_as_text else f.vt.value_of)
         for f, pt_i, ct_i in slots
     )  # fmt: skip
