@@ -16,7 +16,9 @@ copies of that table (``CREATE DATABASE ... TEMPLATE``), one per contender:
 * ``backfill_under_load``: a server on a copy in ``backfill`` phase; the same load idle, then
   while ``dualwrite backfill --once`` runs with default settings (its latency budget included);
   single-read p95 during vs idle and the backfill's rate;
-* ``backfill_vs_sql``: on two more copies, the in-process backfiller (no API, so no latency
+* ``backfill_vs_sql``: on three more copies, the in-process backfiller, by default and with
+  ``defer_indexes`` (the blind-index indexes dropped for the pass and rebuilt after it, the
+  rebuild inside the timed run) (no API, so no latency
   budget applies) against a pure-SQL batched copy of the same 8 columns with both blind indexes
   computed in SQL as HMAC-SHA256 (pgcrypto's ``hmac`` when the server has it, else the same
   HMAC built from core ``sha256``: ``sha256(k^opad || sha256(k^ipad || m))``, byte-identical,
@@ -43,6 +45,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -266,13 +269,14 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         ids = [str(r[0]) for r in await conn.fetch(mine, uuid.UUID(ws))]
         await conn.close()
         await engine.dispose()
-        plain_db, enc_db, load_db, sql_db, bf_db = [await _clone(factory, seeded) for _ in "12345"]
+        copies = [await _clone(factory, seeded) for _ in "123456"]
+        plain_db, enc_db, load_db = copies[:3]
         s = _settings(seeded)
         keys = {"ENCRYPTION_KEYS": s.encryption_keys.get_secret_value(),
                 "BLIND_INDEX_KEY": s.blind_index_key.get_secret_value()}  # fmt: skip
         cipher, bidx = FieldCipher(load_keyring(s)), BlindIndex.from_settings(s)
-        engines = [make_engine(u, pool_size=4) for u in (plain_db, enc_db, load_db, sql_db, bf_db)]
-        e_plain, e_enc, _, e_sql, e_bf = engines
+        engines = [make_engine(u, pool_size=4) for u in copies]
+        e_plain, e_enc, _, e_sql, e_bf, e_bfd = engines
         await _move(e_plain, Phase.PLAINTEXT)  # backward: plaintext, no ciphertext ever
         # the encrypted copy: a real backfill, a full verification, then the switch
         t0 = time.perf_counter()
@@ -287,7 +291,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
 
         out.update(await _reads(args, plain_db, enc_db, keys, ws, ids, procs))
         out.update(await _under_load(args, load_db, keys, ws, ids, procs))
-        out.update(await _vs_sql(args, e_sql, e_bf, cipher, bidx, s))
+        out.update(await _vs_sql(args, e_sql, (e_bf, e_bfd), cipher, bidx, s))
     finally:
         for p in procs:
             if p.poll() is None:
@@ -341,13 +345,13 @@ async def _under_load(args: Any, db: Any, keys: dict[str, str], ws: str, ids: li
         idle += (await _load(c, ws, ids, args.clients, args.per_round))["single"]
     await asyncio.sleep(1.5)  # a heartbeat with the idle p95: the backfill's baseline
     env = {**os.environ, **keys, "DATABASE_URL": db.render_as_string(hide_password=False)}
-    started = time.perf_counter()
+    started, wall_started = time.perf_counter(), time.time()
     bf = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "dualwrite.cli", "backfill", "--migration", "clients_pii",
         "--mode", "encrypt", "--once", "--json", env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    during: list[float] = []
+    during: list[tuple[float, list[float]]] = []  # (wall clock at the chunk's start, samples)
     fleet: list[float] = []  # the heartbeat's recent_p95_ms (what the budget reads)
     waiter = asyncio.create_task(bf.communicate())
     from dualwrite.db import make_engine
@@ -355,7 +359,8 @@ async def _under_load(args: Any, db: Any, keys: dict[str, str], ws: str, ids: li
     watch = make_engine(db, pool_size=1)
     try:
         while not waiter.done():
-            during += (await _load(c, ws, ids, args.clients, 50))["single"]
+            at = time.time()
+            during.append((at, (await _load(c, ws, ids, args.clients, 50))["single"]))
             w = await _raw(watch)
             got = await w.fetchval("SELECT max(recent_p95_ms) FROM dualwrite_instances")
             await w.close()
@@ -364,25 +369,34 @@ async def _under_load(args: Any, db: Any, keys: dict[str, str], ws: str, ids: li
     finally:
         await watch.dispose()
     took = time.perf_counter() - started
-    stdout, _ = await waiter
+    stdout, stderr = await waiter  # progress lines, and the logs (backfill_started)
     await c.aclose()
     proc.terminate()
     proc.wait(timeout=30)
     states: dict[str, int] = {}
     budget = baseline = budgets = None
-    for line in stdout.decode().splitlines():
+    # wall clock of the backfill's start (after its process start-up: imports, connections)
+    first_batch = wall_started
+    for line in stdout.decode().splitlines() + stderr.decode().splitlines():
         with contextlib.suppress(ValueError):
             doc = json.loads(line)
-            if doc.get("event") == "latency":
+            if doc.get("event") == "backfill_started":
+                first_batch = datetime.fromisoformat(doc["ts"].replace("Z", "+00:00")).timestamp()
+            elif doc.get("event") == "latency":
                 states[doc.get("state")] = states.get(doc.get("state"), 0) + 1
             elif doc.get("event") == "latency_budget":
                 budget, baseline = doc.get("budget_ms"), doc.get("baseline_p95_ms")
                 budgets = doc.get("budgets")  # per route (a fleet of this dualwrite)
-    ip, dp = _pct(idle, 0.95), _pct(during, 0.95)
+    ip = _pct(idle, 0.95)
+    dp = _pct([x for _, chunk in during for x in chunk], 0.95)
+    rp = _pct([x for at, chunk in during if at >= first_batch for x in chunk], 0.95)
     return {
         "idle_single_p95_ms": ip,
-        "during_backfill_single_p95_ms": dp,
-        "during_backfill_p95_ratio": round(dp / ip, 3) if ip else None,
+        "during_backfill_single_p95_ms": rp,
+        "during_backfill_p95_ratio": round(rp / ip, 3) if ip and rp else None,
+        "during_backfill_incl_process_start_p95_ms": dp,
+        "during_backfill_incl_process_start_p95_ratio": round(dp / ip, 3) if ip else None,
+        "under_load_process_start_s": round(first_batch - wall_started, 2),
         "under_load_backfill_rows_per_s": round(args.rows / took),
         "under_load_backfill_s": round(took, 1),
         "under_load_latency_budget_ms": budget,
@@ -395,13 +409,14 @@ async def _under_load(args: Any, db: Any, keys: dict[str, str], ws: str, ids: li
     }
 
 
-async def _vs_sql(args: Any, e_sql: Any, e_bf: Any, cipher: Any, bidx: Any,
+async def _vs_sql(args: Any, e_sql: Any, e_bfs: Any, cipher: Any, bidx: Any,
                   s: Any) -> dict[str, Any]:  # fmt: skip
     from clients_service.schema import CLIENTS_PII as spec
     from dualwrite.backfill import Backfiller, BackfillOptions
+    from dualwrite.crypto.providers import load_blind_index_key
     from dualwrite.phases import BackfillMode
 
-    key = bidx._key  # the bench's own throwaway key
+    key = load_blind_index_key(s)  # the bench's own throwaway key
     conn = await _raw(e_sql)
     try:
         try:
@@ -437,16 +452,18 @@ async def _vs_sql(args: Any, e_sql: Any, e_bf: Any, cipher: Any, bidx: Any,
         sql_s = time.perf_counter() - t0
     finally:
         await conn.close()
-    await _checkpoint(e_bf)
-    opts = BackfillOptions(mode=BackfillMode.ENCRYPT, batch_size=args.batch_size)
-    t0 = time.perf_counter()
-    report = await Backfiller(e_bf, "clients_pii", cipher, bidx, opts).run()
-    bf_s = time.perf_counter() - t0
-    sql_rate, bf_rate = args.rows / sql_s, report.rows_done / bf_s
-    return {
-        "sql_copy_hmac": how,
-        "sql_copy_rows_per_s": round(sql_rate),
-        "backfill_rows_per_s": round(bf_rate),
-        "backfill_vs_sql_copy": round(bf_rate / sql_rate, 3),
-        "batch_size": args.batch_size,
-    }
+    sql_rate = args.rows / sql_s
+    out: dict[str, Any] = {"sql_copy_hmac": how, "sql_copy_rows_per_s": round(sql_rate),
+                           "batch_size": args.batch_size}  # fmt: skip
+    for e_bf, defer, name in zip(e_bfs, (False, True), ("backfill", "backfill_deferred"),
+                                 strict=True):  # fmt: skip
+        # deferred: the blind-index indexes dropped for the pass, rebuilt (timed) after it
+        await _checkpoint(e_bf)
+        opts = BackfillOptions(mode=BackfillMode.ENCRYPT, batch_size=args.batch_size,
+                               defer_indexes=defer)  # fmt: skip
+        t0 = time.perf_counter()
+        report = await Backfiller(e_bf, "clients_pii", cipher, bidx, opts).run()
+        bf_rate = report.rows_done / (time.perf_counter() - t0)
+        out[f"{name}_rows_per_s"] = round(bf_rate)
+        out[f"{name}_vs_sql_copy"] = round(bf_rate / sql_rate, 3)
+    return out

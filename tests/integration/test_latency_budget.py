@@ -9,6 +9,7 @@ recorder (the checkpoint row), only the clock is a fake one (no timing).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -123,6 +124,11 @@ def test_a_slowed_single_read_route_holds_the_backfill_and_status_names_it(
                 await guard.before_batch(conn, hold)
             shown.append(await asyncio.to_thread(status, database_url, "--json"))
             shown.append(await asyncio.to_thread(status, database_url))
+            await report_instance(conn, "a", {SINGLE: (55.0, 100), BULK: (62.0, 400)})
+            for _ in range(2):  # still paused: the reason follows the figure of each check
+                now[0] += 1.0
+                await guard.before_batch(conn, hold)
+            shown.append(await asyncio.to_thread(status, database_url, "--json"))
             await report_instance(conn, "a", {SINGLE: (11.0, 100), BULK: (60.0, 400)})
             for _ in range(6):
                 now[0] += 1.0
@@ -132,7 +138,7 @@ def test_a_slowed_single_read_route_holds_the_backfill_and_status_names_it(
             await conn.close()
         return shown
 
-    held_json, held_text, resumed_json = asyncio.run(scenario())
+    held_json, held_text, later_json, resumed_json = asyncio.run(scenario())
     assert events[0][1]["budgets"] == {SINGLE: 15.0, BULK: 90.0}
     assert [f["state"] for n, f in events if n == "latency"][:2] == ["slowed", "paused"]
     assert held and {why for why, _ in held} == {"latency"} and max(s for _, s in held) == 0.4
@@ -140,6 +146,10 @@ def test_a_slowed_single_read_route_holds_the_backfill_and_status_names_it(
     reason = f"{SINGLE} p95 40.0 ms > budget 15.0 ms"
     assert cp["throttle"]["state"] == "paused" and cp["throttle"]["reason"] == reason
     assert cp["throttle"]["at"]  # the database clock
+    (later,) = json.loads(later_json)["backfill"]["checkpoints"]
+    assert later["throttle"]["reason"] == f"{SINGLE} p95 55.0 ms > budget 15.0 ms"
+    states = [f["state"] for n, f in events if n == "latency"]
+    assert all(a != b for a, b in itertools.pairwise(states))  # events: changes only
     flat = " ".join(held_text.replace("│", " ").split())
     assert "throttled encrypt/0" in flat and "paused: GET /workspaces/{ws}/clients/{id} p95" in flat
     assert json.loads(resumed_json)["backfill"]["checkpoints"][0]["throttle"] is None

@@ -24,7 +24,7 @@ def test_budget_is_a_factor_of_the_baseline_or_the_target() -> None:
 
 def test_over_budget_slows_then_pauses_and_within_budget_resumes() -> None:
     t = LatencyThrottle(LatencyPolicy(min_delay=0.05, max_delay=0.4), baseline_ms=10.0)
-    states = [(d.state, d.wait) for d in map(t.decide, [14.0, 16.0, 16.0, 16.0, 16.0, 30.0])]
+    states = [(d.state, d.wait) for d in map(t.decide, [13.0, 16.0, 16.0, 16.0, 16.0, 30.0])]
     assert states == [
         ("running", 0.0),
         ("slowed", 0.05),
@@ -43,6 +43,15 @@ def test_over_budget_slows_then_pauses_and_within_budget_resumes() -> None:
         ("running", 0.0),
     ]
     assert t.last.reason is None
+
+
+def test_it_slows_before_the_budget_is_crossed_by_default() -> None:
+    # a p95 over the last seconds that reaches the budget has already failed it for them
+    t = LatencyThrottle(LatencyPolicy(), baseline_ms=10.0)  # budget 15 ms
+    assert t.decide(13.4).state == "running"  # under 0.9 of the budget
+    near = t.decide(14.0)
+    assert (near.state, near.wait) == ("slowed", 0.2)  # the first wait: about one batch
+    assert near.reason == "fleet p95 14.0 ms near budget 15.0 ms"
 
 
 def test_no_report_is_no_throttle() -> None:

@@ -155,6 +155,7 @@ FORWARD_GUARDS = {
         "guard_trigger_enabled",
         "coverage_complete",
         "verification_passed",
+        "blind_indexes_built",
         "latency_gate_passed",
         "fleet_observed_backfill",
     ],
@@ -266,6 +267,12 @@ FORWARD_FAILURES: list[tuple[Phase, str, dict[str, Any], list[str]]] = [
         {"last_verification": verification(0, 0, 1)},
         ["0 mismatches, 0 missing, 1 undecryptable"],
     ),
+    (
+        BF,
+        "blind_indexes_built",
+        {"blind_indexes_missing": ("ix_t_email_bidx", "ix_t_phone_bidx")},
+        ["indexes ix_t_email_bidx, ix_t_phone_bidx", "--defer-indexes", "dualwrite backfill"],
+    ),
     (BF, "latency_gate_passed", {"last_gate": None}, ["no latency gate has run in backfill"]),
     (BF, "latency_gate_passed", {"last_gate": GateView(GATED, False, BF)}, ["failed", ts(GATED)]),
     (
@@ -371,6 +378,7 @@ def test_all_forward_guards_fail_together_and_are_all_listed() -> None:
         last_gate=None,
         instances=fleet(BF, lagger(BF)),
         guard_trigger=None,
+        blind_indexes_missing=("ix_t_email_bidx",),
     )
     decision = evaluate(BF, RS, facts)
     assert [g.name for g in decision.failures] == FORWARD_GUARDS[BF]

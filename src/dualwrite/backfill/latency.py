@@ -10,9 +10,12 @@ query returning milliseconds is one figure as well. Before each batch (at most e
 ``check_every`` seconds) the backfiller reads the figures and :class:`LatencyThrottle`
 decides (pure, no clock, no I/O) on the route furthest over its budget:
 
-* over budget: wait before the next batch, the wait doubling per check from ``min_delay``
-  (slowed); once at ``max_delay`` and still over, hold every batch (paused);
-* within budget but above ``resume_below`` (0.8) of it: keep the wait (a backfill that sped up
+* over ``slow_above`` (0.9) of the budget: wait before the next batch, the wait doubling per
+  check from ``min_delay`` (0.2 s, about one batch: the rate halves) (slowed); once at
+  ``max_delay`` and still over, hold every batch (paused). Acting at the budget itself would be
+  late: the figure is a p95 over the last seconds, so by the time it crosses, the budget already
+  failed for those seconds;
+* between ``resume_below`` (0.8) and ``slow_above``: keep the wait (a backfill that sped up
   at once would push the p95 straight back over: the budget would be kept only on average);
 * below that: the wait halves per check until it is gone (resumed).
 
@@ -70,10 +73,11 @@ class LatencyPolicy:
 
     factor: float = 1.5
     target_ms: float = 0.0
-    min_delay: float = 0.05
+    min_delay: float = 0.2  # the first wait: about one batch's time, the rate halves
     max_delay: float = 2.0
     check_every: float = 1.0
-    resume_below: float = 0.8  # of the budget: between it and the budget the wait is kept
+    resume_below: float = 0.8  # of the budget: between it and slow_above the wait is kept
+    slow_above: float = 0.9  # of the budget: slow down before the budget is crossed
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,10 +139,11 @@ class LatencyThrottle:
             return self.last
         _, route, value, budget = worst
         name = "fleet" if route == ANY_ROUTE else route
-        if value > budget:
+        if value > budget * p.slow_above:  # a p95 that reaches the budget has already failed it
             self._delay = min(p.max_delay, max(p.min_delay, self._delay * 2))
             state = "paused" if self._delay >= p.max_delay else "slowed"
-            why = f"{name} p95 {value:.1f} ms > budget {budget:.1f} ms"
+            over = ">" if value > budget else "near"
+            why = f"{name} p95 {value:.1f} ms {over} budget {budget:.1f} ms"
         elif value > budget * p.resume_below:  # close to the budget: hold the pace
             state = self.last.state if self._delay else "running"
             why = self.last.reason or f"{name} p95 {value:.1f} ms near budget {budget:.1f} ms"
@@ -271,6 +276,8 @@ class LatencyGuard:
             if (decision.state, decision.reason is None) != (before.state, before.reason is None):
                 self._on_event("latency", state=decision.state, reason=decision.reason)
                 await self._on_change(conn, decision)
+            elif decision.reason != before.reason:  # still held: the status shows today's figure
+                await self._on_change(conn, decision)
         if decision.wait > 0:
             await hold("latency", decision.wait)
 
@@ -298,7 +305,8 @@ def throttle_recorder(
     migration: str, mode: str, shard: int
 ) -> Callable[[Any, LatencyDecision], Awaitable[None]]:
     """What puts a decision into the run's checkpoint row (``dualwrite status`` shows it):
-    the state and reason while held, NULL once running. State tables older than revision 4
+    the state and reason while held (rewritten at each check whose reason reads differently,
+    so a long pause shows the latest figure), NULL once running. State tables older than revision 4
     have no column for it: then it is only in the progress events and the gauges."""
     missing = False
 

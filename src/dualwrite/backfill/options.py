@@ -33,6 +33,8 @@ class BackfillOptions:
     latency_target_ms: float = 0.0
     latency_prometheus_url: str = ""
     latency_check_seconds: float = 1.0
+    # drop the blind-index indexes for an encrypt pass, rebuild them after (backfill.indexes)
+    defer_indexes: bool = False
 
 
 @dataclass(slots=True)

@@ -42,7 +42,7 @@ import uuid
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from dualwrite.backfill import admission
+from dualwrite.backfill import admission, indexes
 from dualwrite.backfill.latency import latency_guard
 from dualwrite.backfill.modes import RowCodec
 from dualwrite.backfill.options import MAX_REPORTED_FAILURES, BackfillOptions, BackfillReport
@@ -92,6 +92,7 @@ class Backfiller:
         self._stop = asyncio.Event()
         self._sql: BackfillSql | None = None
         self._codec: RowCodec | None = None
+        self._phase = Phase.BACKFILL  # set by run()'s preflight
         self.base_knobs = Knobs(
             options.batch_size, options.max_rows_per_second, options.sleep_ratio
         )
@@ -167,7 +168,7 @@ class Backfiller:
     async def run(self) -> BackfillReport:
         """Preflight, then convert until nothing is left (``once``) or until stopped."""
         started = time.monotonic()
-        await self.preflight()
+        self._phase = await self.preflight()
         o = self.options
         log_event(log, "backfill_started", migration=self.migration, mode=o.mode.value,
                   shard=o.shard, batch_size=o.batch_size, dry_run=o.dry_run)  # fmt: skip
@@ -252,6 +253,8 @@ class Backfiller:
             control, workers = conns[0], tuple(conns[1:])
             pos = await self._load_position(control)
             self.report.run_id = pos.run_id
+            opts = self.options
+            await indexes.defer_before_pass(control, self.engine, sql.spec, opts, self._phase)
             from_start, counted = pos.last_key is None, False
             while not self._stop.is_set():
                 if not counted:
@@ -291,6 +294,7 @@ class Backfiller:
 
     async def _finish(self, control: asyncpg.Connection, pos: RunPosition, left: int) -> None:
         o = self.options
+        await indexes.rebuild_after_pass(control, self.engine, self.sql.spec, o)
         await checkpoints.finish_run(
             control,
             checkpoints.Checkpoint(

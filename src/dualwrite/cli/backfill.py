@@ -59,6 +59,13 @@ def backfill(
     latency_prometheus_url: Annotated[
         str, typer.Option(help="instant-query URL giving the fleet p95 in ms (default: heartbeats)")
     ] = "",
+    defer_indexes: Annotated[
+        bool,
+        typer.Option(
+            "--defer-indexes",
+            help="encrypt: drop the blind-index indexes for the pass, build them when it finishes",
+        ),
+    ] = False,
 ) -> None:
     """Convert rows of a live table (encrypt, decrypt for rollback, re-key, purge plaintext)."""
     try:
@@ -99,6 +106,7 @@ def backfill(
         latency_factor=latency_factor,
         latency_target_ms=latency_target_ms,
         latency_prometheus_url=latency_prometheus_url,
+        defer_indexes=defer_indexes,
     )
     metrics = Metrics()
     metrics.set_keyring(keyring)

@@ -59,4 +59,5 @@ async def gather_facts(
         guard_trigger=await inspector.guard_trigger(conn, spec),
         decrypt_finished_at=await checkpoints.last_finished_at(conn, state.name, "decrypt"),
         decrypt_unfinished=await checkpoints.unfinished_runs(conn, state.name, "decrypt") > 0,
+        blind_indexes_missing=await inspector.missing_blind_indexes(conn, spec),
     )

@@ -30,6 +30,8 @@ EVENTS: dict[str, str] = {
     "backfill_paused": "a backfill worker is holding back (paused knob): migration, mode",
     "backfill_resumed": "a paused backfill worker runs again",
     "backfill_finished": "a backfill worker ended: rows done/failed, why it stopped, seconds",
+    "backfill_indexes_deferred": "--defer-indexes dropped the blind-index indexes: names, seconds",
+    "backfill_indexes_built": "an encrypt run built missing blind-index indexes: names, seconds",
     "verification_recorded": "a verification run was recorded: counts, full or sample",
     "gate_recorded": "a latency-gate verdict was recorded: migration, phase, passed",
     "keys_loaded": "the keyring of this process: versions held, current version, source",

@@ -130,6 +130,7 @@ class Facts:
     guard_trigger: TriggerView | None = None  # None: not inspected (the guard fails)
     decrypt_finished_at: datetime | None = None  # last decrypt pass that found nothing left
     decrypt_unfinished: bool = False  # a decrypt run committed batches but has not finished
+    blind_indexes_missing: tuple[str, ...] = ()  # blind-index indexes missing or INVALID
 
 
 def liveness_window_seconds(i: InstanceView, fallback_interval: float) -> float:

@@ -166,6 +166,27 @@ def fleet_holds_current_key(facts: Facts) -> GuardResult:
 # --- data guards ------------------------------------------------------------------------------
 
 
+def blind_indexes_built(f: Facts) -> GuardResult:
+    """``blind_indexes_built``: every blind-index index exists and is valid before searches
+    read them (``read_switch``); a backfill run with ``--defer-indexes`` drops them and only a
+    finished encrypt run builds them again.
+
+    >>> from datetime import UTC, datetime
+    >>> t = datetime(2026, 1, 1, tzinfo=UTC)
+    >>> r = blind_indexes_built(Facts(t, 1, t, True, True, "v1",
+    ...                               blind_indexes_missing=("ix_t_email_bidx",)))
+    >>> r.passed, r.reason.split(" (")[0]
+    (False, 'blind-index index ix_t_email_bidx is missing or invalid')
+    """
+    missing = ", ".join(f.blind_indexes_missing)
+    return _check(
+        "blind_indexes_built", not missing, "blind-index indexes are built",
+        f"blind-index index{'es' if len(f.blind_indexes_missing) > 1 else ''} {missing} "
+        "is missing or invalid (a backfill with --defer-indexes has not finished): run "
+        "`dualwrite backfill --once`, which builds it",
+    )  # fmt: skip
+
+
 def schema_expanded(f: Facts) -> GuardResult:
     t = f.guard_trigger
     if not f.schema_expanded and t is not None and t.enabled not in ("A", None):

@@ -91,6 +91,26 @@ async def schema_expanded(conn: AsyncConnection, spec: MigrationSpec) -> bool:
     return (await guard_trigger(conn, spec)).enabled == "A"
 
 
+async def missing_blind_indexes(conn: AsyncConnection, spec: MigrationSpec) -> tuple[str, ...]:
+    """The blind-index indexes (``ix_<table>_<field>_bidx``) that are missing or INVALID: a
+    backfill run with ``--defer-indexes`` that has not finished (see
+    :mod:`dualwrite.backfill.indexes`)."""
+    out = []
+    for f in spec.searchable:
+        assert f.bidx_column is not None
+        name = schema_sql.blind_index_name(spec, f.bidx_column)
+        found = await conn.execute(text(_INDEX_VALID_SQL), {"name": name, "t": spec.sql_table})
+        if found.scalar() is not True:
+            out.append(name)
+    return tuple(out)
+
+
+_INDEX_VALID_SQL = (
+    "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+    "WHERE c.relname = :name AND i.indrelid = to_regclass(:t)"
+)
+
+
 async def column_types(conn: AsyncConnection, table: str) -> dict[str, str]:
     """``format_type`` of every live column of ``table`` (e.g. ``{"id": "uuid"}``)."""
     rows = await conn.execute(
