@@ -12,7 +12,8 @@ copies of that table (``CREATE DATABASE ... TEMPLATE``), one per contender:
 * ``reads``: two servers side by side (``dualwrite serve``, one uvicorn worker each): one on a
   ``plaintext`` copy, one on a copy backfilled, verified and moved to ``read_switch``;
   ``--clients`` concurrent HTTP clients, interleaved rounds (plaintext, encrypted, plaintext,
-  ...), single reads and bulk reads of 100; p95 over all rounds, ratios encrypted/plaintext;
+  ...), single reads and bulk reads of 100; p95 over all rounds, ratios encrypted/plaintext, and
+  the ratio within each round pair with its median over the pairs (robust to drift);
 * ``backfill_under_load``: a server on a copy in ``backfill`` phase; the same load idle, then
   while ``dualwrite backfill --once`` runs with default settings (its latency budget included);
   single-read p95 during vs idle and the backfill's rate;
@@ -46,6 +47,7 @@ import sys
 import time
 import uuid
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -312,25 +314,53 @@ async def _reads(args: Any, plain_db: Any, enc_db: Any, keys: dict[str, str], ws
     await _wait_phase(c2, "read_switch")
     for c in (c1, c2):  # warm-up, discarded
         await _load(c, ws, ids, args.clients, args.per_round // 2)
+    cpu0 = {"plain": _cpu_seconds(p1.pid), "enc": _cpu_seconds(p2.pid)}
     lat: dict[str, dict[str, list[float]]] = {"plain": {}, "enc": {}}
+    rounds: list[dict[str, dict[str, list[float]]]] = []  # per round pair: name -> kind -> ms
     for r in range(args.rounds):
         order = (("plain", c1), ("enc", c2)) if r % 2 == 0 else (("enc", c2), ("plain", c1))
+        rounds.append({})
         for name, c in order:
             got = await _load(c, ws, ids, args.clients, args.per_round)
+            rounds[-1][name] = got
             for kind, samples in got.items():
                 lat[name].setdefault(kind, []).extend(samples)
+    # the servers' own CPU per request (user + system, from /proc): a figure the machine's
+    # load barely moves, unlike a p95, which contention amplifies
+    cpu = {"plain": _cpu_seconds(p1.pid) - cpu0["plain"], "enc": _cpu_seconds(p2.pid) - cpu0["enc"]}
     for c in (c1, c2):
         await c.aclose()
     for p in (p1, p2):
         p.terminate()
         p.wait(timeout=30)
     res: dict[str, Any] = {"read_clients": args.clients, "read_rounds": args.rounds}
+    served = {n: sum(len(v) for v in lat[n].values()) for n in lat}
+    if served["plain"] and served["enc"] and cpu["plain"] > 0:
+        res["plaintext_server_cpu_ms_per_request"] = round(cpu["plain"] / served["plain"] * 1e3, 3)
+        res["encrypted_server_cpu_ms_per_request"] = round(cpu["enc"] / served["enc"] * 1e3, 3)
+        res["server_cpu_per_request_ratio"] = round(
+            (cpu["enc"] / served["enc"]) / (cpu["plain"] / served["plain"]), 3
+        )
     for kind in ("single", "bulk100"):
         pp, ep = _pct(lat["plain"][kind], 0.95), _pct(lat["enc"][kind], 0.95)
         res[f"plaintext_{kind}_p95_ms"], res[f"encrypted_{kind}_p95_ms"] = pp, ep
         res[f"{kind}_p95_ratio"] = round(ep / pp, 3) if pp else None
+        # the same ratio within each round pair (the two servers measured back to back), median
+        # over the pairs: the machine's speed drifting between rounds cancels out
+        pairs = [_pct(r["enc"][kind], 0.95) / _pct(r["plain"][kind], 0.95) for r in rounds]
+        res[f"{kind}_p95_ratio_per_round_median"] = round(statistics.median(pairs), 3)
+        res[f"{kind}_p95_ratio_per_round"] = [round(x, 3) for x in pairs]
         res[f"{kind}_samples"] = len(lat["enc"][kind])
     return res
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of process ``pid`` and its reaped children so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 async def _under_load(args: Any, db: Any, keys: dict[str, str], ws: str, ids: list[str],
