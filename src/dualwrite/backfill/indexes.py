@@ -63,35 +63,37 @@ def _context(
     return DdlContext(conn=conn, connect=connect, say=log.info, warn=log.warning)
 
 
-async def drop_blind_indexes(
-    conn: asyncpg.Connection,
-    connect: Callable[[], Awaitable[asyncpg.Connection]],
-    spec: MigrationSpec,
+async def _apply(
+    conn: asyncpg.Connection, engine: Any, spec: MigrationSpec, event: str, drop: bool
 ) -> list[str]:
-    """Drop the blind-index indexes that exist (``CONCURRENTLY``); their names."""
-    ctx, dropped = _context(conn, connect), []
+    """Run the drop (or the build) of every blind-index index not already in that state;
+    log ``event`` with the names and the seconds it took when there was any."""
+    ctx, started, changed = _context(conn, lambda: connect_raw(engine)), time.perf_counter(), []
     for build in _builds(spec):
         index = build.name.removeprefix("index:")
-        step = DropIndex(spec, index)
+        step: CreateIndex | DropIndex = DropIndex(spec, index) if drop else build
         if not await step.done(ctx, {}):
             await step.start(ctx, {})
-            dropped.append(index)
-    return dropped
+            changed.append(index)
+    if changed:
+        log_event(log, event, migration=spec.name, indexes=changed,
+                  seconds=round(time.perf_counter() - started, 3))  # fmt: skip
+    return changed
+
+
+async def drop_blind_indexes(
+    conn: asyncpg.Connection, engine: Any, spec: MigrationSpec
+) -> list[str]:
+    """Drop the blind-index indexes that exist (``CONCURRENTLY``); their names."""
+    return await _apply(conn, engine, spec, "backfill_indexes_deferred", drop=True)
 
 
 async def build_blind_indexes(
-    conn: asyncpg.Connection,
-    connect: Callable[[], Awaitable[asyncpg.Connection]],
-    spec: MigrationSpec,
+    conn: asyncpg.Connection, engine: Any, spec: MigrationSpec
 ) -> list[str]:
     """Build every blind-index index that is missing or INVALID (``CONCURRENTLY``); their
     names (empty when all were there: a catalog read per index, nothing else)."""
-    ctx, built = _context(conn, connect), []
-    for step in _builds(spec):
-        if not await step.done(ctx, {}):
-            await step.start(ctx, {})
-            built.append(step.name.removeprefix("index:"))
-    return built
+    return await _apply(conn, engine, spec, "backfill_indexes_built", drop=False)
 
 
 async def defer_before_pass(
@@ -104,21 +106,12 @@ async def defer_before_pass(
     if phase not in DEFERRABLE_PHASES:
         log.info("blind-index indexes kept: searches in %s read them", phase.value)
         return
-    started = time.perf_counter()
-    dropped = await drop_blind_indexes(conn, lambda: connect_raw(engine), spec)
-    if dropped:
-        log_event(log, "backfill_indexes_deferred", migration=spec.name, indexes=dropped,
-                  seconds=round(time.perf_counter() - started, 3))  # fmt: skip
+    await drop_blind_indexes(conn, engine, spec)
 
 
 async def rebuild_after_pass(
     conn: asyncpg.Connection, engine: Any, spec: MigrationSpec, options: Any
 ) -> None:
     """The worker's hook when an encrypt run finishes: build what is missing or INVALID."""
-    if options.mode is not BackfillMode.ENCRYPT or options.dry_run:
-        return
-    started = time.perf_counter()
-    built = await build_blind_indexes(conn, lambda: connect_raw(engine), spec)
-    if built:
-        log_event(log, "backfill_indexes_built", migration=spec.name, indexes=built,
-                  seconds=round(time.perf_counter() - started, 3))  # fmt: skip
+    if options.mode is BackfillMode.ENCRYPT and not options.dry_run:
+        await build_blind_indexes(conn, engine, spec)
