@@ -51,10 +51,12 @@ DEFERRABLE_PHASES = frozenset({Phase.DUAL_WRITE, Phase.BACKFILL})
 """Phases whose searches also read the plaintext arm: the indexes may be missing."""
 
 
-def _builds(spec: MigrationSpec) -> list[CreateIndex]:
-    statements = sql.blind_index_ddl(spec)
+def _builds(spec: MigrationSpec) -> list[tuple[str, CreateIndex]]:
+    """``(index name, its build)`` of every searchable field, in the expand's order."""
     names = [sql.blind_index_name(spec, f.bidx_column) for f in spec.searchable if f.bidx_column]
-    return [CreateIndex(spec, n, s) for n, s in zip(names, statements, strict=True)]
+    return [
+        (n, CreateIndex(spec, n, s)) for n, s in zip(names, sql.blind_index_ddl(spec), strict=True)
+    ]
 
 
 def _context(
@@ -69,8 +71,7 @@ async def _apply(
     """Run the drop (or the build) of every blind-index index not already in that state;
     log ``event`` with the names and the seconds it took when there was any."""
     ctx, started, changed = _context(conn, lambda: connect_raw(engine)), time.perf_counter(), []
-    for build in _builds(spec):
-        index = build.name.removeprefix("index:")
+    for index, build in _builds(spec):
         step: CreateIndex | DropIndex = DropIndex(spec, index) if drop else build
         if not await step.done(ctx, {}):
             await step.start(ctx, {})

@@ -157,7 +157,8 @@ class BlindIndex:
 
     def _index(self, value: str, kind: Kind, empty: bytes | None) -> bytes | None:
         """The truncated HMAC of ``value``'s normal form, or ``empty`` when it normalises to
-        nothing (one call layer: the write path computes this for every searchable field)."""
+        nothing (:meth:`compute` and :meth:`stored` in one call each: the write path computes
+        this for every searchable field)."""
         normal = self.normalize(value, kind)
         if not normal and kind != "exact":
             return empty
@@ -165,11 +166,7 @@ class BlindIndex:
             message = _KIND_TAGS[kind] + normal.encode("utf-8")
         except UnicodeEncodeError:
             raise ValueError("blind index value is not valid Unicode (lone surrogate)") from None
-        inner = self._inner.copy()
-        inner.update(message)
-        outer = self._outer.copy()
-        outer.update(inner.digest())
-        return outer.digest()[: self.length]
+        return self._mac(message)[: self.length]
 
     def unique(self, value: str | None) -> bytes | None:
         """The ``<name>_uidx`` of a ``unique`` field's exact value (its canonical equality text).

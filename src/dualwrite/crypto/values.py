@@ -167,6 +167,12 @@ class ValueType:
         return self.name == "text" and self.length is None and not self.padded
 
     @property
+    def own_text_limit(self) -> int | None:
+        """When a ``str`` is its own text (:meth:`text_of`'s fast path, inlined by the codec):
+        ``0`` any length, ``n`` up to ``varchar(n)`` without NUL, ``None`` never (``char(n)``)."""
+        return None if self.name != "text" or self.padded else (self.length or 0)
+
+    @property
     def array_type(self) -> str:
         """The SQL type canonical texts are cast to when written back (``text::<type>``)."""
         if self.name == "text":
@@ -191,20 +197,17 @@ class ValueType:
         return _FROM_TEXT[self.name](self, text)
 
     def text_of(self, value: Any) -> str | None:
-        """:meth:`encode`, with the text fast paths (a ``str`` is its own text when it fits an
-        unpadded column: no NUL, not longer than ``varchar(n)``).
+        """:meth:`encode`, with the fast path of :attr:`own_text_limit` (no conversion).
 
         >>> v = value_type("character varying(3)")
         >>> v.text_of("abc"), v.text_of("ab  ")
         ('abc', 'ab ')
         """
-        if type(value) is str and self.name == "text" and not self.padded:
-            n = self.length
-            if n is None or (len(value) <= n and "\x00" not in value):
+        if type(value) is str:
+            limit = self.own_text_limit
+            if limit == 0 or (limit is not None and len(value) <= limit and "\x00" not in value):
                 return value
-        elif value is None:
-            return None
-        return self.encode(value)
+        return self.encode(value)  # None too: its text is None
 
     def value_of(self, text: str | None) -> Any:
         """:meth:`decode`, with the text fast path (a text column's value is its text)."""

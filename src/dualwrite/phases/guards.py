@@ -178,12 +178,12 @@ def blind_indexes_built(f: Facts) -> GuardResult:
     >>> r.passed, r.reason.split(" (")[0]
     (False, 'blind-index index ix_t_email_bidx is missing or invalid')
     """
-    missing = ", ".join(f.blind_indexes_missing)
+    missing, many = ", ".join(f.blind_indexes_missing), len(f.blind_indexes_missing) > 1
     return _check(
         "blind_indexes_built", not missing, "blind-index indexes are built",
-        f"blind-index index{'es' if len(f.blind_indexes_missing) > 1 else ''} {missing} "
-        "is missing or invalid (a backfill with --defer-indexes has not finished): run "
-        "`dualwrite backfill --once`, which builds it",
+        f"blind-index index{'es' if many else ''} {missing} {'are' if many else 'is'} missing "
+        "or invalid (a backfill with --defer-indexes has not finished): run `dualwrite "
+        f"backfill --once`, which builds {'them' if many else 'it'}",
     )  # fmt: skip
 
 

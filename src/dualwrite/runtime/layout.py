@@ -52,23 +52,15 @@ def seal_plan(
 ) -> dict[str, tuple[Any, ...]]:
     """Per field name: ``(plaintext col, ciphertext col, head, seal, pres, text_of, limit,
     blind-index col, blind-index fn or None, kind, unique col)``, what the codec's write path
-    inlines (see :meth:`FieldCipher.sealer`). ``limit``: a ``str`` is its own text when it is
-    not longer (``0``: any length, ``text``), has no NUL, and the column is unpadded text;
-    ``None``: always ask ``text_of`` (typed and ``char(n)`` columns)."""
+    inlines (see :meth:`FieldCipher.sealer`); ``limit`` is :attr:`ValueType.own_text_limit`."""
     return {
         name: (
-            f.plaintext, f.ciphertext, *cipher.sealer(table, name), f.vt.text_of, _limit(f.vt),
-            f.bidx, index.stored if (f.bidx is not None and index is not None) else None,
-            f.kind, f.uidx,
+            f.plaintext, f.ciphertext, *cipher.sealer(table, name), f.vt.text_of,
+            f.vt.own_text_limit, f.bidx,
+            index.stored if (f.bidx is not None and index is not None) else None, f.kind, f.uidx,
         )
         for name, f in fields.items()
     }  # fmt: skip
-
-
-def _limit(vt: ValueType) -> int | None:
-    if vt.name != "text" or vt.padded:
-        return None
-    return 0 if vt.length is None else vt.length
 
 
 def open_plan(
