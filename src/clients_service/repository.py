@@ -29,12 +29,13 @@ from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import Integer, bindparam, exists, func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dualwrite.errors import FencedError
 from dualwrite.phases import Behaviour
+from dualwrite.runtime.reads import PreparedRead
 from dualwrite.runtime.table import (
     EncryptedTable,
     plaintext_columns_dropped,
@@ -61,6 +62,13 @@ class ClientsRepository:
         self.renew = renew
         c = table.c
         self._ws, self._id, self._active = c.workspace_id, c.id, c.is_active
+        # the per-request reads, drawn once (dualwrite.runtime.reads): a request binds values
+        ws, limit = c.workspace_id == bindparam("ws"), bindparam("limit", type_=Integer)
+        self._get = table.prepare(c.id == bindparam("id"), ws, c.is_active)
+        self._first_page = table.prepare(ws, c.is_active, order_by=c.id, limit=limit)
+        after = c.id > bindparam("after")
+        self._next_page = table.prepare(ws, c.is_active, after, order_by=c.id, limit=limit)
+        self._all_active = table.prepare(ws, c.is_active, order_by=c.id)
 
     async def _run(self, behaviour: Behaviour, op: Callable[[Behaviour], Awaitable[T]]) -> T:
         """``op(behaviour)``; a write that fenced itself because only its snapshot was behind
@@ -116,25 +124,30 @@ class ClientsRepository:
     async def get(
         self, behaviour: Behaviour, workspace: uuid.UUID, client: uuid.UUID
     ) -> dict[str, Any] | None:
-        where = (self._id == client, self._ws == workspace, self._active)
-        rows = await self._run(behaviour, lambda b: self._fetch(b, where))
+        rows = await self._run(
+            behaviour, lambda b: self._read(b, self._get, id=client, ws=workspace)
+        )
         return rows[0] if rows else None
 
-    async def _fetch(
-        self, b: Behaviour, where: Any, order_by: Any = None, limit: int | None = None
-    ) -> list[dict[str, Any]]:
+    async def _read(self, b: Behaviour, read: PreparedRead, **params: Any) -> list[dict[str, Any]]:
         async with self.engine.connect() as conn:
-            return await self.table.fetch(conn, b, *where, order_by=order_by, limit=limit)
+            return await read.fetch(conn, b, **params)
+
+    async def _fetch(self, b: Behaviour, where: Any, order_by: Any = None) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            return await self.table.fetch(conn, b, *where, order_by=order_by)
 
     async def page(
         self, behaviour: Behaviour, workspace: uuid.UUID, limit: int, after: uuid.UUID | None
     ) -> list[dict[str, Any]]:
         """Up to ``limit`` active clients with ``id > after``, by id (keyset pagination)."""
-        where = [self._ws == workspace, self._active]
-        if after is not None:
-            where.append(self._id > after)
+        if after is None:
+            return await self._run(
+                behaviour, lambda b: self._read(b, self._first_page, ws=workspace, limit=limit)
+            )
         return await self._run(
-            behaviour, lambda b: self._fetch(b, where, order_by=self._id, limit=limit)
+            behaviour,
+            lambda b: self._read(b, self._next_page, ws=workspace, limit=limit, after=after),
         )
 
     async def search_exact(
@@ -162,8 +175,7 @@ class ClientsRepository:
 
         async def op(b: Behaviour) -> tuple[Behaviour, Sequence[Any]]:
             async with self.engine.connect() as conn:
-                where = (self._ws == workspace, self._active)
-                return b, await self.table.fetch_rows(conn, b, *where, order_by=self._id)
+                return b, await self._all_active.fetch_rows(conn, b, ws=workspace)
 
         behaviour, rows = await self._run(behaviour, op)
         names = self.table.decode_rows(behaviour, rows, ("first_name", "last_name"))

@@ -64,7 +64,9 @@ class Services:
             yield snap.behaviour
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
+    # the dependencies are ``async def``: none blocks, and a sync one would cost every request
+    # a hop to the thread pool and back
     found: Services = request.app.state.services
     return found
 
@@ -74,7 +76,7 @@ def _bearer_matches(request: Request, expected: bytes) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected)
 
 
-def require_token(request: Request) -> None:
+async def require_token(request: Request) -> None:
     """When ``API_TOKEN`` is set, require ``Authorization: Bearer <token>`` (constant time)."""
     expected = request.app.state.api_token
     if expected is not None and not _bearer_matches(request, expected):
@@ -85,7 +87,7 @@ def require_token(request: Request) -> None:
         )
 
 
-def require_metrics_token(request: Request) -> None:
+async def require_metrics_token(request: Request) -> None:
     """When ``METRICS_TOKEN`` is set, ``GET /metrics`` needs ``Authorization: Bearer <it>``;
     unset (the default), the route stays open, as a Prometheus scrape expects."""
     settings: Settings = request.app.state.settings

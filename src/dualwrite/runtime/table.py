@@ -66,6 +66,7 @@ from dualwrite.crypto import row_key_of
 from dualwrite.phases import Behaviour, ReadSource
 from dualwrite.runtime.codec import FieldCodec, ReadLayout, read_columns
 from dualwrite.runtime.fence import WriteFence
+from dualwrite.runtime.reads import PreparedRead, read_statement
 from dualwrite.runtime.search import matches, search_clause, table_matches, without_ciphertext
 from dualwrite.runtime.window import plaintext_columns_dropped, without_plaintext_columns
 from dualwrite.schema.sql import added_columns
@@ -321,27 +322,18 @@ class EncryptedTable:
         """SELECT the rows matching ``where`` in ONE query, undecoded (see :meth:`decode_rows`).
 
         With ``order_by`` and ``limit`` the statement picks the keys first and reads the wide
-        rows by primary key (see :meth:`page_statement`).
+        rows by primary key (see :func:`~dualwrite.runtime.reads.read_statement`).
         """
-        stmt = self._statement(self.columns_for(behaviour)[0], where, order_by, limit)
-        return (await conn.execute(stmt)).all()
+        return await self.prepare(*where, order_by=order_by, limit=limit).fetch_rows(
+            conn, behaviour
+        )
 
     def page_statement(
         self, behaviour: Behaviour, *where: ColumnElement[bool], order_by: Any, limit: int
     ) -> Any:
-        """One statement for the first ``limit`` rows matching ``where`` by ``order_by``::
-
-            SELECT <phase columns> FROM t WHERE key IN (
-                SELECT key FROM t WHERE <where> ORDER BY <order_by> LIMIT <limit>)
-            ORDER BY <order_by>
-
-        Same rows as ``... WHERE <where> ORDER BY <order_by> LIMIT <limit>``, but PostgreSQL
-        sorts narrow key tuples and reads the selected columns of ``limit`` rows only, instead
-        of carrying every matching row's plaintext *and* ciphertext through the top-N sort
-        (from ``backfill`` to ``contract`` a read selects both, twice the width of a
-        ``plaintext`` read).
-        """
-        return self._statement(self.columns_for(behaviour)[0], where, order_by, limit)
+        """One statement for the first ``limit`` rows matching ``where`` by ``order_by``, keys
+        first (:func:`~dualwrite.runtime.reads.read_statement`)."""
+        return self.prepare(*where, order_by=order_by, limit=limit).statement(behaviour)
 
     async def fetch(
         self,
@@ -351,29 +343,32 @@ class EncryptedTable:
         order_by: Any = None,
         limit: int | None = None,
     ) -> list[dict[str, Any]]:
-        """SELECT the rows matching ``where`` in ONE query and decode them."""
-        b = behaviour
-        if not b.shadow_compare or self.codec.sample_statement():
-            rows = await self.fetch_rows(conn, b, *where, order_by=order_by, limit=limit)
-            layout = self.codec.layout(b, self.columns_for(b)[1], sampled=b.shadow_compare)
-        else:  # the common case: only what the answer needs (see narrow_columns)
-            b, cols, names = self.narrow_columns(b)
-            stmt = self._statement(cols, where, order_by, limit)
-            rows = (await conn.execute(stmt)).all()
-            layout = self.codec.layout(b, names)
-        return self.codec.decode_rows(layout, rows, self._other, self._key_index)
+        """SELECT the rows matching ``where`` in ONE query and decode them (a read run per
+        request is cheaper prepared once: :meth:`prepare`)."""
+        return await self.prepare(*where, order_by=order_by, limit=limit).fetch(conn, behaviour)
 
-    def _statement(
-        self, cols: Sequence[ColumnElement[Any]], where: Sequence[Any], order_by: Any, limit: Any
-    ) -> Any:
-        """:meth:`fetch_rows`' statement over the columns ``cols``."""
-        if order_by is not None and limit is not None:
-            keys = select(self.key).where(*where).order_by(order_by).limit(limit).correlate(None)
-            return select(*cols).where(self.key.in_(keys)).order_by(order_by)
-        stmt = select(*cols).where(*where)
-        if order_by is not None:
-            stmt = stmt.order_by(order_by)
-        return stmt if limit is None else stmt.limit(limit)
+    def prepare(
+        self, *where: ColumnElement[bool], order_by: Any = None, limit: Any = None
+    ) -> PreparedRead:
+        """:meth:`fetch`'s read drawn once, its values bind parameters given per call
+        (:mod:`dualwrite.runtime.reads`)."""
+        return PreparedRead(
+            self, lambda cols: read_statement(self.key, cols, where, order_by, limit)
+        )
+
+    async def run_read(
+        self, conn: AsyncConnection, b: Behaviour, read: PreparedRead, params: Mapping[str, Any]
+    ) -> list[dict[str, Any]]:
+        """Run ``read`` and decode it: the full column set when it is sampled for the shadow
+        compare (or the phase has none), else the narrow one (:meth:`narrow_columns`)."""
+        if not b.shadow_compare or self.codec.sample_statement():
+            rows = (await conn.execute(read.statement(b), params)).all()
+            layout = self.codec.layout(b, self.columns_for(b)[1], sampled=b.shadow_compare)
+        else:  # the common case: only what the answer needs
+            nb, _, names = self.narrow_columns(b)
+            rows = (await conn.execute(read.narrow_statement(b), params)).all()
+            layout = self.codec.layout(nb, names)
+        return self.codec.decode_rows(layout, rows, self._other, self._key_index)
 
     # --- search -------------------------------------------------------------------------------
 
