@@ -165,9 +165,11 @@ def create_app(settings: Settings | None = None, *, metrics: Metrics | None = No
             )
             setattr(app.state, STATE_ATTRIBUTE, admin)
             await watcher.start()
+            probe = asyncio.get_running_loop().create_task(metrics.loop_lag.run())
             try:
                 yield
             finally:
+                probe.cancel()
                 await watcher.stop()
 
     app = FastAPI(title="clients (dualwrite reference service)", lifespan=lifespan)
@@ -268,6 +270,9 @@ class RequestEdge:
     """Pure ASGI wrapper: refuses bodies over ``max_body_bytes`` (413) before the app reads
     them, and times every request into ``dualwrite_http_request_duration_seconds`` labelled by
     route template (``/workspaces/{workspace_id}/clients/{client_id}``), never the raw path.
+    The heartbeat's recent latency also counts the event loop's current lag (the wait before
+    the loop read the request, :class:`~dualwrite.metrics.latency.LoopLag`): what the latency
+    budget compares is what a client waits, not only the time in the app.
 
     Installed with ``app.add_middleware``, so it runs inside Starlette's error middleware.
     """
@@ -277,12 +282,13 @@ class RequestEdge:
         self.max_body_bytes = max_body_bytes
         self._duration = metrics.http_duration
         self._recent = metrics.recent_latency
+        self._lag = metrics.loop_lag
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
+        started, waited = time.perf_counter(), self._lag.seconds
         status_code = 500
 
         async def send_status(message: Message) -> None:
@@ -308,7 +314,7 @@ class RequestEdge:
             ).observe(took)
             if not template.startswith(_NOT_LIVE):
                 # the heartbeat's recent_p95_ms and, per route, recent_latency
-                self._recent.add(took, f"{scope['method']} {template}")
+                self._recent.add(took + waited, f"{scope['method']} {template}")
 
     async def _buffer(self, scope: Scope, receive: Receive) -> Receive | None:
         """Read the whole body (refusing early past the limit); ``None`` if too large."""

@@ -129,7 +129,7 @@ def test_a_slowed_single_read_route_holds_the_backfill_and_status_names_it(
                 now[0] += 1.0
                 await guard.before_batch(conn, hold)
             shown.append(await asyncio.to_thread(status, database_url, "--json"))
-            await report_instance(conn, "a", {SINGLE: (11.0, 100), BULK: (60.0, 400)})
+            await report_instance(conn, "a", {SINGLE: (8.0, 100), BULK: (50.0, 400)})
             for _ in range(6):
                 now[0] += 1.0
                 await guard.before_batch(conn, hold)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Literal
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from dualwrite.metrics import multiprocess
-from dualwrite.metrics.latency import RecentLatency
+from dualwrite.metrics.latency import LoopLag, RecentLatency
 
 if TYPE_CHECKING:
     from dualwrite.crypto import Keyring
@@ -55,6 +55,7 @@ class Metrics:
         r = self.registry
         # not a Prometheus family: the p95 of the last seconds, for the heartbeat
         self.recent_latency = RecentLatency()
+        self.loop_lag = LoopLag()  # probed by the app (see dualwrite.metrics.latency)
 
         def gauge(name: str, doc: str, labels: list[str], mode: GaugeMode) -> Gauge:
             return Gauge(name, doc, labels, registry=r, multiprocess_mode=mode)

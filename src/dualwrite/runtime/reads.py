@@ -36,15 +36,12 @@ is also the safe way to run a read whose values come from a request.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from sqlalchemy import ColumnElement, Row, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from dualwrite.phases import Behaviour
-
-if TYPE_CHECKING:
-    from dualwrite.runtime.table import EncryptedTable
 
 __all__ = ["PreparedRead", "StatementOf", "read_statement"]
 
@@ -70,12 +67,24 @@ def read_statement(
     return stmt if limit is None else stmt.limit(limit)
 
 
+class _Table(Protocol):
+    """What a prepared read needs of its :class:`~dualwrite.runtime.table.EncryptedTable`."""
+
+    def columns_for(self, behaviour: Behaviour) -> tuple[tuple[Any, ...], tuple[str, ...]]: ...
+
+    def narrow_columns(self, behaviour: Behaviour) -> tuple[Any, tuple[Any, ...], Any]: ...
+
+    async def run_read(
+        self, conn: AsyncConnection, b: Behaviour, read: PreparedRead, params: Any
+    ) -> list[dict[str, Any]]: ...
+
+
 class PreparedRead:
     """One read of an :class:`~dualwrite.runtime.table.EncryptedTable`, its statements built
     once per phase behaviour (see the module docstring); made by
     :meth:`EncryptedTable.prepare`."""
 
-    def __init__(self, table: EncryptedTable, statement_of: StatementOf) -> None:
+    def __init__(self, table: _Table, statement_of: StatementOf) -> None:
         self.table = table
         self._statement_of = statement_of
         self._full: dict[Behaviour, Any] = {}
