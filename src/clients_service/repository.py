@@ -133,10 +133,6 @@ class ClientsRepository:
         async with self.engine.connect() as conn:
             return await read.fetch(conn, b, **params)
 
-    async def _fetch(self, b: Behaviour, where: Any, order_by: Any = None) -> list[dict[str, Any]]:
-        async with self.engine.connect() as conn:
-            return await self.table.fetch(conn, b, *where, order_by=order_by)
-
     async def page(
         self, behaviour: Behaviour, workspace: uuid.UUID, limit: int, after: uuid.UUID | None
     ) -> list[dict[str, Any]]:
@@ -158,7 +154,8 @@ class ClientsRepository:
         def op(b: Behaviour) -> Awaitable[list[dict[str, Any]]]:
             clause = self.table.search_clause(b, field, value)
             where = (self._ws == workspace, self._active, clause)
-            return self._fetch(b, where, order_by=self._id)
+            # the clause carries the value, so this read is drawn per request
+            return self._read(b, self.table.prepare(*where, order_by=self._id))
 
         rows = await self._run(behaviour, op)
         return [r for r in rows if self.table.matches(field, r[field], value)][:limit]
