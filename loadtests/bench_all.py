@@ -13,7 +13,8 @@ copies of that table (``CREATE DATABASE ... TEMPLATE``), one per contender:
   ``plaintext`` copy, one on a copy backfilled, verified and moved to ``read_switch``;
   ``--clients`` concurrent HTTP clients, interleaved rounds (plaintext, encrypted, plaintext,
   ...), single reads and bulk reads of 100; p95 over all rounds, ratios encrypted/plaintext, and
-  the ratio within each round pair with its median over the pairs (robust to drift);
+  the ratio within each round pair with its median over the pairs (robust to drift). The load
+  client is :mod:`bench_http` (light: the CPU is left to the servers under measure);
 * ``backfill_under_load``: a server on a copy in ``backfill`` phase; the same load idle, then
   while ``dualwrite backfill --once`` runs with default settings (its latency budget included);
   single-read p95 during vs idle and the backfill's rate;
@@ -50,9 +51,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 from bench_api import _free_port, _pct
 from bench_backfill import _checkpoint, _clone, _memory, _raw
+from bench_http import HttpError, HttpxClient, LoadClient
 
 TOKEN = "bench-all-token"
 
@@ -63,6 +64,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clients", type=int, default=4, help="concurrent HTTP clients")
     parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds per server")
     parser.add_argument("--per-round", type=int, default=200, help="single reads per round")
+    parser.add_argument(
+        "--load-client",
+        choices=("light", "httpx"),
+        default="light",
+        help="the reads' HTTP client: light (default) or httpx (takes CPU the servers need)",
+    )
     parser.add_argument(
         "--memory-rows", default="100000", help="comma-separated sizes for the memory figure"
     )
@@ -199,29 +206,28 @@ def _serve(url: Any, keys: dict[str, str]) -> tuple[subprocess.Popen[bytes], str
     return proc, f"http://127.0.0.1:{port}"
 
 
-async def _wait_phase(client: httpx.AsyncClient, phase: str) -> None:
+async def _wait_phase(client: LoadClient | HttpxClient, phase: str) -> None:
     for _ in range(600):
-        try:
-            if (await client.get("/healthz")).json().get("phase") == phase:
+        with contextlib.suppress(HttpError, ValueError):
+            status, body = await client.get("/healthz")
+            if status == 200 and json.loads(body).get("phase") == phase:
                 return
-        except httpx.HTTPError:
-            pass
         await asyncio.sleep(0.1)
     raise SystemExit(f"service never observed {phase}")
 
 
 async def _load(
-    client: httpx.AsyncClient, ws: str, ids: list[str], clients: int, singles: int
+    client: LoadClient | HttpxClient, ws: str, ids: list[str], clients: int, singles: int
 ) -> dict[str, list[float]]:
     """``clients`` concurrent loops: ``singles`` single reads each, a bulk read every 4th."""
     got: dict[str, list[float]] = {"single": [], "bulk100": []}
 
     async def one(kind: str, url: str) -> None:
         t0 = time.perf_counter()
-        resp = await client.get(url)
+        status, _ = await client.get(url)
         got[kind].append(time.perf_counter() - t0)
-        if resp.status_code >= 400:
-            raise SystemExit(f"GET {url}: HTTP {resp.status_code}")
+        if status >= 400:
+            raise SystemExit(f"GET {url}: HTTP {status}")
 
     async def loop(seed: int) -> None:
         rnd = random.Random(seed)
@@ -234,10 +240,11 @@ async def _load(
     return got
 
 
-def _client(base: str) -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=16)
-    return httpx.AsyncClient(base_url=base, timeout=60, limits=limits,
-                             headers={"Authorization": f"Bearer {TOKEN}"})  # fmt: skip
+def _client(base: str, kind: str = "light") -> LoadClient | HttpxClient:
+    """The load client: :mod:`bench_http` (light, so it leaves the CPU to the servers) or,
+    for comparison, ``httpx``."""
+    make = LoadClient if kind == "light" else HttpxClient
+    return make(base, {"Authorization": f"Bearer {TOKEN}"})
 
 
 # --- the run -------------------------------------------------------------------------------
@@ -309,9 +316,15 @@ async def _reads(args: Any, plain_db: Any, enc_db: Any, keys: dict[str, str], ws
                  ids: list[str], procs: list[Any]) -> dict[str, Any]:  # fmt: skip
     (p1, base1), (p2, base2) = _serve(plain_db, keys), _serve(enc_db, keys)
     procs += [p1, p2]
-    c1, c2 = _client(base1), _client(base2)
+    c1, c2 = _client(base1, args.load_client), _client(base2, args.load_client)
     await _wait_phase(c1, "plaintext")
     await _wait_phase(c2, "read_switch")
+    return await _measure_reads(args, (p1, p2), (c1, c2), ws, ids)
+
+
+async def _measure_reads(args: Any, servers: tuple[Any, Any], clients: tuple[Any, Any], ws: str,
+                         ids: list[str]) -> dict[str, Any]:  # fmt: skip
+    (p1, p2), (c1, c2) = servers, clients
     for c in (c1, c2):  # warm-up, discarded
         await _load(c, ws, ids, args.clients, args.per_round // 2)
     cpu0 = {"plain": _cpu_seconds(p1.pid), "enc": _cpu_seconds(p2.pid)}
@@ -333,7 +346,8 @@ async def _reads(args: Any, plain_db: Any, enc_db: Any, keys: dict[str, str], ws
     for p in (p1, p2):
         p.terminate()
         p.wait(timeout=30)
-    res: dict[str, Any] = {"read_clients": args.clients, "read_rounds": args.rounds}
+    res: dict[str, Any] = {"read_clients": args.clients, "read_rounds": args.rounds,
+                           "read_load_client": args.load_client}  # fmt: skip
     served = {n: sum(len(v) for v in lat[n].values()) for n in lat}
     if served["plain"] and served["enc"] and cpu["plain"] > 0:
         res["plaintext_server_cpu_ms_per_request"] = round(cpu["plain"] / served["plain"] * 1e3, 3)

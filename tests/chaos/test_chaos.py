@@ -43,7 +43,9 @@ def test_the_run_moved_forward_and_back() -> None:
     if len(RESULTS) < len(SEEDS):
         pytest.fail(f"only {len(RESULTS)} of {len(SEEDS)} seeds ran")
     moved = {h.split(":")[0] for r in RESULTS for h in r.history if h.endswith(":moved")}
-    assert sum(r.moves for r in RESULTS) >= len(SEEDS), moved
+    # about one move per seed on a quiet machine, fewer when the machine is loaded (each seed
+    # runs for a fixed time); a run whose moves are all refused makes none
+    assert sum(r.moves for r in RESULTS) >= max(1, len(SEEDS) // 2), moved
     if len(SEEDS) >= 20:  # a single rerun seed need not cover every move
         assert {"backfill->read_switch", "read_switch->backfill"} <= moved, moved
         assert {"contract->finalized", "finalized->contract"} <= moved, moved

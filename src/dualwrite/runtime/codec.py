@@ -35,14 +35,12 @@ Rules it implements (DESIGN.md §5, §6):
 Metrics: ``dualwrite_crypto_operation_duration_seconds{operation="encrypt"|"decrypt"}`` is a
 sampled distribution of the per-row cost: one row in :data:`TIMED_EVERY` written or read alone
 is timed (all its fields together; the first one always), and one observation per statement of
-:meth:`FieldCodec.decode_rows` (the mean per row). A histogram update costs about as much as
-decrypting two fields (a lock per value, an mmap write in multiprocess mode): timing every row
-was about a tenth of decoding one client; a sample keeps the quantiles for an eighth of that.
+:meth:`FieldCodec.decode_rows` (the mean per row). An update costs about two field decryptions
+(a lock, an mmap write in multiprocess mode): a sample keeps the quantiles for an eighth.
 
-Speed: the hot paths inline :class:`~dualwrite.crypto.FieldCipher`'s fast path (its
-``sealer``/``openers``: one ``os.urandom`` per written row, the row key encoded once, no
-keyword calls per field, no value conversion for text columns) and hand anything unusual to
-the checked ``encrypt``/``decrypt``, which raise the precise error.
+Speed: the hot paths inline :class:`~dualwrite.crypto.FieldCipher`'s ``sealer``/``openers``; a
+page opens column by column (:mod:`dualwrite.runtime.bulk`); the unusual goes to the checked
+``encrypt``/``decrypt``.
 """
 
 from __future__ import annotations
@@ -58,8 +56,9 @@ from dualwrite.crypto import BlindIndex, FieldCipher, row_key_of
 from dualwrite.errors import DecryptionError, EncryptionUnavailableError
 from dualwrite.metrics import Metrics
 from dualwrite.phases import Behaviour, ReadSource
+from dualwrite.runtime.bulk import open_columns
 from dualwrite.runtime.checks import ReadChecks, ReadEventSink
-from dualwrite.runtime.layout import ReadLayout, _Field, open_plan, read_columns, seal_plan
+from dualwrite.runtime.layout import ReadLayout, _Field, open_plan, read_columns, seal_plan, subset
 from dualwrite.spec import MigrationSpec
 
 __all__ = [
@@ -181,15 +180,7 @@ class FieldCodec(ReadChecks):
     def decrypt_field(self, field: str, ciphertext: bytes | None, row_key: str) -> Any:
         """Decrypt one stored value (to the column's Python type); a failure is counted and
         raised as ``DecryptionError``."""
-        cipher = self._require_cipher()
-        try:
-            text = cipher.decrypt(
-                ciphertext, table=self.spec.aad_table, column=field, row_key=row_key
-            )
-        except DecryptionError as exc:
-            self._count_decrypt_failure(field, exc)
-            raise
-        return self._fields[field].vt.value_of(text)
+        return self._fields[field].vt.value_of(self._decrypt_checked(field, ciphertext, row_key))
 
     # --- writes ----------------------------------------------------------------------------
 
@@ -360,18 +351,25 @@ class FieldCodec(ReadChecks):
         fields (see :meth:`decode`); the row key is column ``key_index``. A statement's rows
         are one timer observation (their mean per row), not one each."""
         if fields is not None:  # the fields' slots and plan once, not per row
-            wanted = set(fields)
-            slots = tuple(s for s in layout.slots if s[0].name in wanted)
-            plan = open_plan(self.cipher, self.spec.aad_table, slots) if self.cipher else None
-            layout = ReadLayout(layout.behaviour, slots, plan, layout.sampled)
-        out: list[dict[str, Any]] = []
-        append, into, n = out.append, self.decode_into, len(others)
-        started = _perf()
-        for row in rows:
-            item = dict(zip(others, row[:n], strict=True))
-            into(item, layout, row, row_key_of(row[key_index]), timed=False)
-            append(item)
-        if out and layout.behaviour.reads_from is ReadSource.CIPHERTEXT:
+            layout = subset(layout, fields, self.cipher, self.spec.aad_table)
+        b, n, started = layout.behaviour, len(others), _perf()
+        rows = rows if isinstance(rows, Sequence) else list(rows)
+        out = [dict(zip(others, row[:n], strict=True)) for row in rows]
+        keys = [row_key_of(row[key_index]) for row in rows]
+        opened = b.reads_from is ReadSource.CIPHERTEXT
+        plan = layout.plan if opened and not b.shadow_compare else None
+        parts = (
+            [layout]
+            if plan is None
+            else [  # column-wise, what is left per row (runtime.bulk)
+                ReadLayout(b, (layout.slots[i],), (plan[i],))
+                for i in open_columns(out, rows, [k.encode() for k in keys], plan)
+            ]
+        )
+        for part in parts:
+            for item, row, key in zip(out, rows, keys, strict=True):
+                self.decode_into(item, part, row, key, timed=False)
+        if out and opened:
             self._dec_timer.observe((_perf() - started) / len(out))
         return out
 

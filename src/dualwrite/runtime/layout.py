@@ -6,7 +6,7 @@ Split from :mod:`dualwrite.runtime.codec` (which re-exports :func:`read_columns`
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +75,16 @@ def open_plan(
          None if f.vt.reads_as_text else f.vt.value_of)
         for f, pt_i, ct_i in slots
     )  # fmt: skip
+
+
+def subset(
+    layout: ReadLayout, fields: Iterable[str], cipher: FieldCipher | None, table: str
+) -> ReadLayout:
+    """``layout`` narrowed to the slots of ``fields`` (its plan built again for them)."""
+    wanted = set(fields)
+    slots = tuple(s for s in layout.slots if s[0].name in wanted)
+    plan = open_plan(cipher, table, slots) if cipher else None
+    return ReadLayout(layout.behaviour, slots, plan, layout.sampled)
 
 
 def read_columns(spec: MigrationSpec, behaviour: Behaviour) -> tuple[str, ...]:
