@@ -9,6 +9,8 @@ copies of that table (``CREATE DATABASE ... TEMPLATE``), one per contender:
   bare AES-GCM plus the two bare HMAC-SHA256 blind indexes (padded-key states precomputed, the
   cheapest bare HMAC); rounds of all loops back to back, each ratio the median of the per-round
   ratios (robust to the machine's drift between rounds), absolute times the best round;
+* ``decode_page100``: a bulk page's decryption (100 clients) through ``decode_rows`` with the
+  native column opener and the Python one, against bare ``AESGCM.decrypt`` of its 800 values;
 * ``reads``: two servers side by side (``dualwrite serve``, one uvicorn worker each): one on a
   ``plaintext`` copy, one on a copy backfilled, verified and moved to ``read_switch``;
   ``--clients`` concurrent HTTP clients, interleaved rounds (plaintext, encrypted, plaintext,
@@ -78,6 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"rows": args.rows, "cpus": os.cpu_count()}
     out.update(_codec())
+    out.update(_page_decode())
     out.update(asyncio.run(_run(args)))
     sizes = [int(n) for n in str(args.memory_rows).split(",") if n.strip()]
     if sizes:
@@ -173,6 +176,65 @@ def _codec() -> dict[str, Any]:
         "encode_vs_bare_aesgcm_plus_hmac": ratio("encode", "raw_encrypt", "raw_hmac"),
         "decode_vs_bare_aesgcm": ratio("decode", "raw_decrypt"),
     }
+
+
+def _page_decode() -> dict[str, Any]:
+    """A bulk page's decryption (100 clients, 8 fields) through ``FieldCodec.decode_rows``,
+    with the native column opener and with the Python one, against bare ``AESGCM.decrypt`` of
+    the same 800 values (associated data precomputed); per-round ratios, median round."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from clients_service.schema import CLIENTS_PII
+    from dualwrite.crypto import BlindIndex, DataKey, FieldCipher, Keyring, associated_data
+    from dualwrite.crypto import columns as col
+    from dualwrite.phases import Phase, behaviour
+    from dualwrite.runtime.codec import FieldCodec, read_columns
+
+    key = os.urandom(32)
+    b = behaviour(Phase.FINALIZED)  # reads ciphertext alone, no shadow compare
+    names = ("id", *read_columns(CLIENTS_PII, b))
+    vals = {f.name: f"{f.name} of client, " * (8 if f.name == "medical_history" else 1)
+            for f in CLIENTS_PII.fields}  # fmt: skip
+    made: dict[str, Any] = {}
+    for kind in ("native", "python") if col.NATIVE else ("python",):
+        col.NATIVE = kind == "native"
+        codec = FieldCodec(CLIENTS_PII, FieldCipher(Keyring([DataKey("v1", key)])),
+                           BlindIndex(os.urandom(32)))  # fmt: skip
+        made[kind] = (codec, codec.layout(b, names))
+    col.NATIVE = "native" in made
+    codec = made["python"][0]
+    rows = []
+    for _ in range(100):
+        pk = uuid.uuid4()
+        cols = codec.write_columns(behaviour(Phase.DUAL_WRITE), vals, str(pk))
+        rows.append((pk, *(cols[c] for c in names[1:])))
+    aead = AESGCM(key)
+    bare = [(ct[3:15], ct[15:], associated_data("v1", CLIENTS_PII.aad_table, f, str(r[0])))
+            for r in rows for f, ct in zip(vals, r[1:], strict=True)]  # fmt: skip
+    loops: dict[str, Any] = {
+        kind: (lambda c=c, lay=lay: c.decode_rows(lay, rows, ("id",), 0))
+        for kind, (c, lay) in made.items()
+    }
+    loops["bare"] = lambda: [aead.decrypt(n, ct, aad) for n, ct, aad in bare]
+    for fn in loops.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in loops}
+    for i in range(20):
+        for name, fn in list(loops.items())[:: 1 if i % 2 == 0 else -1]:
+            t0 = time.perf_counter()
+            for _ in range(50):
+                fn()
+            times[name].append((time.perf_counter() - t0) / 50 * 1e6)
+
+    def ratio(a: str, d: str) -> float:
+        return round(statistics.median(x / y for x, y in zip(times[a], times[d], strict=True)), 2)
+
+    out: dict[str, Any] = {f"decode_page100_{k}_us": round(min(v), 1) for k, v in times.items()}
+    out["decode_page100_python_vs_bare_aesgcm"] = ratio("python", "bare")
+    if "native" in times:
+        out["decode_page100_native_vs_bare_aesgcm"] = ratio("native", "bare")
+        out["decode_page100_native_vs_python"] = ratio("native", "python")
+    return out
 
 
 def _hmac(inner: Any, outer: Any, message: bytes) -> bytes:

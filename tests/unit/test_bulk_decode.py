@@ -1,17 +1,19 @@
 """A page of rows opens column by column (``dualwrite.runtime.bulk``) and answers exactly what
 each row decoded alone answers: the same values and types, the same fallbacks counted, the
-same refusals, through a key rotation and with altered or missing ciphertexts."""
+same refusals, through a key rotation and with altered or missing ciphertexts. Every test runs
+with the native column opener and with the Python one (``dualwrite.crypto.columns``)."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
 import uuid
 from typing import Any
 
 import pytest
 
-from dualwrite.crypto import BlindIndex, DataKey, FieldCipher, Keyring
+from dualwrite.crypto import BlindIndex, DataKey, FieldCipher, Keyring, columns
 from dualwrite.errors import DecryptionError
 from dualwrite.metrics import Metrics
 from dualwrite.phases import behaviour
@@ -22,6 +24,16 @@ FIELDS = [("email", "email", "character varying(40)"), ("note",), ("code", None,
           ("born", None, "date")]  # fmt: skip
 SPEC = MigrationSpec("t_pii", "t", tuple(FieldSpec(*f) for f in FIELDS))
 IDS = [uuid.UUID(int=i + 1) for i in range(6)]
+
+
+@pytest.fixture(
+    autouse=True,
+    params=["python"] if os.environ.get("DUALWRITE_NO_NATIVE") else ["native", "python"],
+)
+def opener(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test once per column opener (the codecs below build their plans under it)."""
+    monkeypatch.setattr(columns, "NATIVE", request.param == "native")
+    return str(request.param)
 
 
 def codec(*versions: str, metrics: Metrics | None = None) -> FieldCodec:

@@ -2,20 +2,20 @@
 
 A page of ``n`` rows of ``k`` fields costs ``n * k`` AES-GCM opens, and as much again in the
 interpreter when each field goes through the general per-row path (its branches: fallback,
-version lookup, header check, value conversion). :func:`open_columns` takes a field's column of
-the page at once in one comprehension, on the fast path of a column whose every value is a
-ciphertext with a well-formed ``vN:`` header of a version the keyring holds. The header is
-checked byte by byte: its digit selects the key and the associated data (a value whose digit
-was altered does not authenticate), the other two bytes are checked as the general path does.
+version lookup, header check, value conversion). :func:`open_columns` hands each field's column
+of the page at once to the plan's column opener (:func:`dualwrite.crypto.columns.column_opener`,
+native when built): its fast path takes a column whose every value is a ciphertext with a
+well-formed ``vN:`` header of a version the keyring holds (the digit selects the key and the
+associated data: a value whose digit was altered does not authenticate).
 
 Anything else in a column (a missing ciphertext, a two-digit key version, a value that does
 not open) leaves that whole column to the general path, which decides, counts and raises
 exactly as for one row: the fast path never answers differently, it only answers sooner.
 
 >>> from dualwrite.crypto import DataKey, FieldCipher, Keyring
+>>> from dualwrite.crypto.columns import column_opener
 >>> cipher = FieldCipher(Keyring([DataKey("v1", bytes(32))]))
->>> openers = {h[1]: v for h, v in cipher.openers("t", "a").items()}
->>> plan = (("a", None, 0, openers, None),)
+>>> plan = (("a", None, 0, None, None, column_opener(cipher, "t", "a")),)
 >>> rows = [(cipher.encrypt(f"x{i}", table="t", column="a", row_key=str(i)),) for i in range(3)]
 >>> items = [{}, {}, {}]
 >>> open_columns(items, rows, [b"0", b"1", b"2"], plan), items
@@ -42,29 +42,10 @@ def open_columns(
     whole column takes the fast path; returns the indexes in ``plan`` of the fields left to
     the caller's general path (their ``items`` entries untouched)."""
     left: list[int] = []
-    for i, (name, _pt_i, ct_i, versions, conv) in enumerate(plan):
-        if ct_i is None:
-            left.append(i)
-            continue
-        cts = [row[ct_i] for row in rows]
-        try:  # a missing value (None) or an unknown version raises: the general path, then
-            if len(versions) == 1:
-                ((version, (open_, pres)),) = versions.items()
-                texts = [
-                    open_(ct[3:15], ct[15:], pres[len(rk)] + rk).decode()
-                    for ct, rk in zip(cts, row_keys, strict=False)  # the same length
-                    if ct[1] == version and ct[0] == 118 and ct[2] == 58  # b"vN:"
-                ]
-            else:  # several key versions (a rotation, old keys kept): each value's own
-                texts = [
-                    (o := versions[ct[1]])[0](ct[3:15], ct[15:], o[1][len(rk)] + rk).decode()
-                    for ct, rk in zip(cts, row_keys, strict=False)
-                    if ct[0] == 118 and ct[2] == 58
-                ]
-        except Exception:  # the general path names the failure (and counts it)
-            left.append(i)
-            continue
-        if len(texts) != len(cts):  # another header: the general path refuses it
+    keys = row_keys if isinstance(row_keys, list) else list(row_keys)
+    for i, (name, _pt_i, ct_i, _versions, conv, open_column) in enumerate(plan):
+        texts = None if ct_i is None else open_column([row[ct_i] for row in rows], keys)
+        if texts is None:  # the general path decides, names the failure and counts it
             left.append(i)
             continue
         values = texts if conv is None else [conv(t) for t in texts]

@@ -311,14 +311,14 @@ class FieldCodec(ReadChecks):
             return
         plan = layout.plan if fields is None else None
         if plan is None:
-            plan = open_plan(self._require_cipher(), self.spec.aad_table, slots)
+            plan = open_plan(self._require_cipher(), self.spec.aad_table, slots, columns=False)
         fallback = b.fallback_to_plaintext
         timed = timed and not next(self._ticks) % TIMED_EVERY
         started = _perf() if timed else 0.0
         rk = row_key.encode() if type(row_key) is str else b""
         n = len(rk)
         nonce_at, body_at = _NONCE, _BODY
-        for name, pt_i, ct_i, versions, conv in plan:
+        for name, pt_i, ct_i, versions, conv, _ in plan:
             ct = row[ct_i] if ct_i is not None else None
             if ct is None:
                 plain = row[pt_i] if (fallback and pt_i is not None) else None

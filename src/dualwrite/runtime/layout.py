@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dualwrite.crypto import BlindIndex, FieldCipher
+from dualwrite.crypto.columns import column_opener
 from dualwrite.crypto.values import ValueType
 from dualwrite.phases import Behaviour, ReadSource
 from dualwrite.spec import FieldSpec, MigrationSpec
@@ -64,15 +65,22 @@ def seal_plan(
 
 
 def open_plan(
-    cipher: FieldCipher, table: str, slots: Sequence[tuple[_Field, int | None, int | None]]
+    cipher: FieldCipher,
+    table: str,
+    slots: Sequence[tuple[_Field, int | None, int | None]],
+    *,
+    columns: bool = True,
 ) -> tuple[tuple[Any, ...], ...]:
-    """Per slot: ``(name, plaintext idx, ciphertext idx, openers, value_of or None)``, what the
-    codec's read path inlines (see :meth:`FieldCipher.openers`). The openers are keyed by the
-    version digit's byte (``ct[1]``, an int: no slice to build and hash per field); the caller
-    checks ``ct[0] == ord("v")`` and ``ct[2] == ord(":")``."""
+    """Per slot: ``(name, plaintext idx, ciphertext idx, openers, value_of or None, column
+    opener)``, what the codec's read path inlines (see :meth:`FieldCipher.openers`). The
+    openers are keyed by the version digit's byte (``ct[1]``, an int: no slice to build and
+    hash per field); the caller checks ``ct[0] == ord("v")`` and ``ct[2] == ord(":")``. The
+    column opener (:func:`~dualwrite.crypto.columns.column_opener`) opens a page's column;
+    ``columns=False`` leaves it ``None`` (a plan for one row only, built per call)."""
     return tuple(
         (f.name, pt_i, ct_i, {head[1]: v for head, v in cipher.openers(table, f.name).items()},
-         None if f.vt.reads_as_text else f.vt.value_of)
+         None if f.vt.reads_as_text else f.vt.value_of,
+         column_opener(cipher, table, f.name) if columns else None)
         for f, pt_i, ct_i in slots
     )  # fmt: skip
 
