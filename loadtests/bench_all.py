@@ -12,11 +12,14 @@ copies of that table (``CREATE DATABASE ... TEMPLATE``), one per contender:
 * ``decode_page100``: a bulk page's decryption (100 clients) through ``decode_rows`` with the
   native column opener and the Python one, against bare ``AESGCM.decrypt`` of its 800 values;
 * ``reads``: two servers side by side (``dualwrite serve``, one uvicorn worker each): one on a
-  ``plaintext`` copy, one on a copy backfilled, verified and moved to ``read_switch``;
+  ``plaintext`` copy, one on a copy backfilled, verified and moved to ``read_switch`` (both
+  copies then vacuumed, as autovacuum would soon after a backfill in production);
   ``--clients`` concurrent HTTP clients, interleaved rounds (plaintext, encrypted, plaintext,
   ...), single reads and bulk reads of 100; p95 over all rounds, ratios encrypted/plaintext, and
   the ratio within each round pair with its median over the pairs (robust to drift). The load
-  client is :mod:`bench_http` (light: the CPU is left to the servers under measure);
+  client is :mod:`bench_http` (light: the CPU is left to the servers under measure). With
+  ``--python-opener`` a third server on the encrypted copy (``DUALWRITE_NO_NATIVE=1``: bulk
+  pages opened by the Python column opener) joins the same rounds (``python_opener_*`` keys);
 * ``backfill_under_load``: a server on a copy in ``backfill`` phase; the same load idle, then
   while ``dualwrite backfill --once`` runs with default settings (its latency budget included);
   single-read p95 during vs idle and the backfill's rate;
@@ -71,6 +74,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("light", "httpx"),
         default="light",
         help="the reads' HTTP client: light (default) or httpx (takes CPU the servers need)",
+    )
+    parser.add_argument(
+        "--python-opener",
+        action="store_true",
+        help="a third server on the encrypted copy with DUALWRITE_NO_NATIVE=1, in the same rounds",
     )
     parser.add_argument(
         "--memory-rows", default="100000", help="comma-separated sizes for the memory figure"
@@ -257,11 +265,11 @@ async def _move(engine: Any, *targets: Any) -> None:
             state = await registry.compare_and_swap_phase(conn, state.name, state.version, t)
 
 
-def _serve(url: Any, keys: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+def _serve(url: Any, keys: dict[str, str], **extra: str) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
     env = {**os.environ, **keys, "DATABASE_URL": url.render_as_string(hide_password=False),
            "API_TOKEN": TOKEN, "POLL_INTERVAL_SECONDS": "0.5",
-           "SHADOW_READ_SAMPLE_RATE": "0.01"}  # fmt: skip
+           "SHADOW_READ_SAMPLE_RATE": "0.01", **extra}  # fmt: skip
     cmd = [sys.executable, "-m", "dualwrite.cli", "serve", "--port", str(port),
            "--log-level", "warning"]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
@@ -358,6 +366,12 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         if not (await verify(e_enc, CLIENTS_PII, cipher, bidx, full=True)).ok:
             raise SystemExit("verification failed before the switch")
         await _move(e_enc, Phase.READ_SWITCH)
+        # the backfill rewrote every row: vacuum both read copies now, as autovacuum soon would
+        # in production, so that no autovacuum of 200k dead versions runs inside the rounds
+        for e in (e_plain, e_enc):
+            conn = await _raw(e)
+            await conn.execute("VACUUM (ANALYZE) clients")
+            await conn.close()
         out["prepare_encrypted_copy_s"] = round(time.perf_counter() - t0, 1)
 
         out.update(await _reads(args, plain_db, enc_db, keys, ws, ids, procs))
@@ -376,56 +390,74 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
 
 async def _reads(args: Any, plain_db: Any, enc_db: Any, keys: dict[str, str], ws: str,
                  ids: list[str], procs: list[Any]) -> dict[str, Any]:  # fmt: skip
-    (p1, base1), (p2, base2) = _serve(plain_db, keys), _serve(enc_db, keys)
-    procs += [p1, p2]
-    c1, c2 = _client(base1, args.load_client), _client(base2, args.load_client)
-    await _wait_phase(c1, "plaintext")
-    await _wait_phase(c2, "read_switch")
-    return await _measure_reads(args, (p1, p2), (c1, c2), ws, ids)
+    wanted = [("plain", plain_db, {}, "plaintext"), ("enc", enc_db, {}, "read_switch")]
+    if args.python_opener:  # a third server on the same copy, its bulk pages opened in Python
+        wanted.append(("enc_python", enc_db, {"DUALWRITE_NO_NATIVE": "1"}, "read_switch"))
+    servers: dict[str, tuple[Any, Any]] = {}
+    for name, db, extra, _ in wanted:
+        proc, base = _serve(db, keys, **extra)
+        procs.append(proc)
+        servers[name] = (proc, _client(base, args.load_client))
+    for name, _, _, phase in wanted:
+        await _wait_phase(servers[name][1], phase)
+    return await _measure_reads(args, servers, ws, ids)
 
 
-async def _measure_reads(args: Any, servers: tuple[Any, Any], clients: tuple[Any, Any], ws: str,
+async def _measure_reads(args: Any, servers: dict[str, tuple[Any, Any]], ws: str,
                          ids: list[str]) -> dict[str, Any]:  # fmt: skip
-    (p1, p2), (c1, c2) = servers, clients
-    for c in (c1, c2):  # warm-up, discarded
+    """Interleaved rounds over ``servers`` (name -> (process, client); ``plain`` and ``enc``,
+    maybe ``enc_python``), each round in the reverse order of the one before."""
+    for _, c in servers.values():  # warm-up, discarded
         await _load(c, ws, ids, args.clients, args.per_round // 2)
-    cpu0 = {"plain": _cpu_seconds(p1.pid), "enc": _cpu_seconds(p2.pid)}
-    lat: dict[str, dict[str, list[float]]] = {"plain": {}, "enc": {}}
-    rounds: list[dict[str, dict[str, list[float]]]] = []  # per round pair: name -> kind -> ms
+    cpu0 = {n: _cpu_seconds(p.pid) for n, (p, _) in servers.items()}
+    lat: dict[str, dict[str, list[float]]] = {n: {} for n in servers}
+    rounds: list[dict[str, dict[str, list[float]]]] = []  # per round: name -> kind -> ms
     for r in range(args.rounds):
-        order = (("plain", c1), ("enc", c2)) if r % 2 == 0 else (("enc", c2), ("plain", c1))
+        order = list(servers.items())[:: 1 if r % 2 == 0 else -1]
         rounds.append({})
-        for name, c in order:
+        for name, (_, c) in order:
             got = await _load(c, ws, ids, args.clients, args.per_round)
             rounds[-1][name] = got
             for kind, samples in got.items():
                 lat[name].setdefault(kind, []).extend(samples)
     # the servers' own CPU per request (user + system, from /proc): a figure the machine's
     # load barely moves, unlike a p95, which contention amplifies
-    cpu = {"plain": _cpu_seconds(p1.pid) - cpu0["plain"], "enc": _cpu_seconds(p2.pid) - cpu0["enc"]}
-    for c in (c1, c2):
+    cpu = {n: _cpu_seconds(p.pid) - cpu0[n] for n, (p, _) in servers.items()}
+    for p, c in servers.values():
         await c.aclose()
-    for p in (p1, p2):
         p.terminate()
         p.wait(timeout=30)
     res: dict[str, Any] = {"read_clients": args.clients, "read_rounds": args.rounds,
                            "read_load_client": args.load_client}  # fmt: skip
     served = {n: sum(len(v) for v in lat[n].values()) for n in lat}
-    if served["plain"] and served["enc"] and cpu["plain"] > 0:
-        res["plaintext_server_cpu_ms_per_request"] = round(cpu["plain"] / served["plain"] * 1e3, 3)
-        res["encrypted_server_cpu_ms_per_request"] = round(cpu["enc"] / served["enc"] * 1e3, 3)
-        res["server_cpu_per_request_ratio"] = round(
-            (cpu["enc"] / served["enc"]) / (cpu["plain"] / served["plain"]), 3
-        )
+    per_request = {n: cpu[n] / served[n] for n in servers if served[n] and cpu[n] > 0}
+    if "plain" in per_request:
+        for n, label in (("plain", "plaintext"), ("enc", "encrypted"),
+                         ("enc_python", "python_opener")):  # fmt: skip
+            if n in per_request:
+                res[f"{label}_server_cpu_ms_per_request"] = round(per_request[n] * 1e3, 3)
+        if "enc" in per_request:
+            res["server_cpu_per_request_ratio"] = round(
+                per_request["enc"] / per_request["plain"], 3
+            )
+        if "enc_python" in per_request:
+            res["python_opener_server_cpu_per_request_ratio"] = round(
+                per_request["enc_python"] / per_request["plain"], 3
+            )
     for kind in ("single", "bulk100"):
-        pp, ep = _pct(lat["plain"][kind], 0.95), _pct(lat["enc"][kind], 0.95)
-        res[f"plaintext_{kind}_p95_ms"], res[f"encrypted_{kind}_p95_ms"] = pp, ep
-        res[f"{kind}_p95_ratio"] = round(ep / pp, 3) if pp else None
-        # the same ratio within each round pair (the two servers measured back to back), median
-        # over the pairs: the machine's speed drifting between rounds cancels out
-        pairs = [_pct(r["enc"][kind], 0.95) / _pct(r["plain"][kind], 0.95) for r in rounds]
-        res[f"{kind}_p95_ratio_per_round_median"] = round(statistics.median(pairs), 3)
-        res[f"{kind}_p95_ratio_per_round"] = [round(x, 3) for x in pairs]
+        pp = _pct(lat["plain"][kind], 0.95)
+        res[f"plaintext_{kind}_p95_ms"] = pp
+        for n, label in (("enc", ""), ("enc_python", "python_opener_")):
+            if n not in servers:
+                continue
+            ep = _pct(lat[n][kind], 0.95)
+            res[f"{label or 'encrypted_'}{kind}_p95_ms"] = ep
+            res[f"{label}{kind}_p95_ratio"] = round(ep / pp, 3) if pp else None
+            # the same ratio within each round (the servers measured back to back), median
+            # over the rounds: the machine's speed drifting between rounds cancels out
+            pairs = [_pct(r[n][kind], 0.95) / _pct(r["plain"][kind], 0.95) for r in rounds]
+            res[f"{label}{kind}_p95_ratio_per_round_median"] = round(statistics.median(pairs), 3)
+            res[f"{label}{kind}_p95_ratio_per_round"] = [round(x, 3) for x in pairs]
         res[f"{kind}_samples"] = len(lat["enc"][kind])
     return res
 

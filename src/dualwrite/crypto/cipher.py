@@ -24,7 +24,9 @@ Speed: :meth:`FieldCipher.encrypt` / :meth:`FieldCipher.decrypt` run a short fas
 cached ``AESGCM`` per version, cached associated-data prefixes per version/table/column and
 row-key length, prefix parsed from the first three bytes) and hand anything unusual (unknown
 table/column, multi-digit versions, odd types, any failure) to a slow path that checks every
-step and raises the precise error. Both paths produce and accept the same bytes.
+step and raises the precise error. Both paths produce and accept the same bytes. A bulk
+read's column openers (:mod:`dualwrite.crypto.columns`, natively ``_gcm.c``) read this same
+format from :meth:`FieldCipher.openers`' prefixes; their tests hold them to :meth:`decrypt`.
 """
 
 from __future__ import annotations
