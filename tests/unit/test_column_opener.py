@@ -55,6 +55,7 @@ def test_every_value_opens_as_decrypt_opens_it(kind: str, values: list[str], key
     keys = [f"{i:0{key_size}d}"[-key_size:] + "é" for i in range(len(values))]  # multi-byte
     cts = sealed(values, keys)
     assert opener(kind)(cts, [k.encode() for k in keys]) == values
+    assert opener(kind)(tuple(cts), tuple(k.encode() for k in keys)) == values  # a page's column
     assert values == [ONE.decrypt(c, table="public.t", column="note", row_key=k)
                       for c, k in zip(cts, keys, strict=True)]  # fmt: skip
 
@@ -123,8 +124,8 @@ def test_the_native_module_refuses_a_malformed_call_with_a_clear_error() -> None
         gcm.open_column({49: (b"short", ())}, [], [])
     with pytest.raises(ValueError, match="differ in length"):
         gcm.open_column({}, [b""], [])
-    with pytest.raises(TypeError):
-        gcm.open_column({}, (b"",), [b""])
+    with pytest.raises(TypeError, match="lists or tuples"):
+        gcm.open_column({}, iter([b""]), [b""])
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -10,8 +10,8 @@
  *   versions  dict: version digit's byte (ct[1], an int) -> (32-byte key, prefixes), where
  *             prefixes[len(row_key)] is the associated data before the row key (the tuple
  *             FieldCipher.openers gives);
- *   cts       list of the column's ciphertexts, one per row (bytes);
- *   row_keys  list of the rows' keys (UTF-8 bytes), same length.
+ *   cts       the column's ciphertexts, one per row (bytes), a list or a tuple;
+ *   row_keys  the rows' keys (UTF-8 bytes), a list or a tuple of the same length.
  *
  * Returns the decrypted values as str, in order, or None as soon as any value is not the fast
  * path's (not bytes, another header, a version not in `versions`, too short, a failed tag, not
@@ -27,11 +27,16 @@
 #include <limits.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L
+#include <openssl/core_names.h>
+#include <openssl/params.h>
+#endif
 
 #define NONCE 12
 #define TAG 16
 #define HEAD 3
 #define DIGITS 10
+#define AAD_STACK 512 /* associated data up to this long is passed in one update */
 
 typedef struct {
     EVP_CIPHER_CTX *ctx[DIGITS];
@@ -78,6 +83,36 @@ static int keys_load(Keys *k, PyObject *versions) {
     return 0;
 }
 
+/* The tag, set as OpenSSL 3 does natively (its ctrl call is translated to these params). */
+static int set_tag(EVP_CIPHER_CTX *ctx, const unsigned char *tag) {
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L
+    OSSL_PARAM params[2] = {
+        OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, (void *)tag, TAG),
+        OSSL_PARAM_construct_end(),
+    };
+    return EVP_CIPHER_CTX_set_params(ctx, params);
+#else
+    return EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, TAG, (void *)tag);
+#endif
+}
+
+/* The associated data prefix + row key, in one update when it fits the stack buffer. */
+static int put_aad(EVP_CIPHER_CTX *ctx, PyObject *pre, PyObject *rk) {
+    const char *p = PyBytes_AS_STRING(pre), *r = PyBytes_AS_STRING(rk);
+    Py_ssize_t plen = PyBytes_GET_SIZE(pre), rlen = PyBytes_GET_SIZE(rk);
+    unsigned char joined[AAD_STACK];
+    int outl = 0;
+    if (plen + rlen <= AAD_STACK) {
+        memcpy(joined, p, (size_t)plen);
+        memcpy(joined + plen, r, (size_t)rlen);
+        return EVP_DecryptUpdate(ctx, NULL, &outl, joined, (int)(plen + rlen));
+    }
+    return EVP_DecryptUpdate(ctx, NULL, &outl, (const unsigned char *)p, (int)plen) == 1 &&
+                   EVP_DecryptUpdate(ctx, NULL, &outl, (const unsigned char *)r, (int)rlen) == 1
+               ? 1
+               : 0;
+}
+
 /* The plaintext of one value into buf (capacity >= its length), or -1 if it does not open. */
 static Py_ssize_t open_one(Keys *k, PyObject *ct, PyObject *rk, unsigned char *buf) {
     const unsigned char *c = (const unsigned char *)PyBytes_AS_STRING(ct);
@@ -90,38 +125,41 @@ static Py_ssize_t open_one(Keys *k, PyObject *ct, PyObject *rk, unsigned char *b
     if (!PyBytes_Check(pre) || PyBytes_GET_SIZE(pre) > INT_MAX)
         return -1;
     EVP_CIPHER_CTX *ctx = k->ctx[d];
-    if (EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, c + HEAD) != 1 ||
-        EVP_DecryptUpdate(ctx, NULL, &outl, (const unsigned char *)PyBytes_AS_STRING(pre),
-                          (int)PyBytes_GET_SIZE(pre)) != 1 ||
-        EVP_DecryptUpdate(ctx, NULL, &outl, (const unsigned char *)PyBytes_AS_STRING(rk),
-                          (int)rklen) != 1 ||
+    if (EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, c + HEAD) != 1 || put_aad(ctx, pre, rk) != 1 ||
         EVP_DecryptUpdate(ctx, buf, &outl, c + HEAD + NONCE, (int)body) != 1 ||
-        EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, TAG, (void *)(c + n - TAG)) != 1 ||
-        EVP_DecryptFinal_ex(ctx, buf + outl, &fin) != 1)
+        set_tag(ctx, c + n - TAG) != 1 || EVP_DecryptFinal_ex(ctx, buf + outl, &fin) != 1)
         return -1;
     return (Py_ssize_t)outl + fin;
 }
 
 static PyObject *open_column(PyObject *self, PyObject *args) {
-    PyObject *versions, *cts, *rks, *out = NULL, *result = NULL;
+    PyObject *versions, *cts_in, *rks_in, *cts = NULL, *rks = NULL, *out = NULL, *result = NULL;
     unsigned char *buf = NULL;
     Py_ssize_t cap = 0;
     Keys keys;
     (void)self;
-    if (!PyArg_ParseTuple(args, "OO!O!:open_column", &versions, &PyList_Type, &cts,
-                          &PyList_Type, &rks))
+    memset(&keys, 0, sizeof(keys));
+    if (!PyArg_ParseTuple(args, "OOO:open_column", &versions, &cts_in, &rks_in))
         return NULL;
-    if (PyList_GET_SIZE(cts) != PyList_GET_SIZE(rks)) {
+    if (!(PyList_Check(cts_in) || PyTuple_Check(cts_in)) ||
+        !(PyList_Check(rks_in) || PyTuple_Check(rks_in))) {
+        PyErr_SetString(PyExc_TypeError, "cts and row_keys must be lists or tuples");
+        return NULL;
+    }
+    if (!(cts = PySequence_Fast(cts_in, "cts")) || !(rks = PySequence_Fast(rks_in, "row_keys")))
+        goto done;
+    if (PySequence_Fast_GET_SIZE(cts) != PySequence_Fast_GET_SIZE(rks)) {
         PyErr_SetString(PyExc_ValueError, "cts and row_keys differ in length");
-        return NULL;
+        goto done;
     }
     if (keys_load(&keys, versions) < 0)
         goto done;
-    Py_ssize_t rows = PyList_GET_SIZE(cts);
+    Py_ssize_t rows = PySequence_Fast_GET_SIZE(cts);
     if (!(out = PyList_New(rows)))
         goto done;
     for (Py_ssize_t i = 0; i < rows; i++) {
-        PyObject *ct = PyList_GET_ITEM(cts, i), *rk = PyList_GET_ITEM(rks, i), *text;
+        PyObject *ct = PySequence_Fast_GET_ITEM(cts, i), *rk = PySequence_Fast_GET_ITEM(rks, i);
+        PyObject *text;
         if (!PyBytes_Check(ct) || !PyBytes_Check(rk))
             goto miss;
         Py_ssize_t need = PyBytes_GET_SIZE(ct), got;
@@ -153,6 +191,8 @@ miss:
     result = Py_None;
 done:
     Py_XDECREF(out);
+    Py_XDECREF(cts);
+    Py_XDECREF(rks);
     if (buf) {
         OPENSSL_cleanse(buf, (size_t)cap);
         PyMem_Free(buf);

@@ -1,11 +1,11 @@
 """A page's column of field ciphertexts opened in one call (what a bulk read runs per field).
 
 :func:`column_opener` gives, for one ``table.column``, a callable
-``open(cts, row_keys) -> list[str] | None``: every value of the column decrypted, in order, or
-``None`` as soon as one value is not the fast path's (a missing value, another header, a
-version the keyring lacks, a failed tag, not UTF-8). On ``None`` the caller opens the column
-value by value through :meth:`FieldCipher.decrypt`, which names the failure: an opener never
-answers differently from it, only sooner.
+``open(cts, row_keys) -> list[str] | None`` (lists or tuples): every value of the column
+decrypted, in order, or ``None`` as soon as one value is not the fast path's (a missing value,
+another header, a version the keyring lacks, a failed tag, not UTF-8). On ``None`` the caller
+opens the column value by value through :meth:`FieldCipher.decrypt`, which names the failure:
+an opener never answers differently from it, only sooner.
 
 Two implementations, same answers (the tests run both):
 
@@ -38,7 +38,7 @@ from dualwrite.crypto.cipher import FieldCipher
 
 __all__ = ["NATIVE", "ColumnOpener", "column_opener"]
 
-ColumnOpener = Callable[[list[Any], list[bytes]], "list[str] | None"]
+ColumnOpener = Callable[[Sequence[Any], Sequence[bytes]], "list[str] | None"]
 
 _gcm: ModuleType | None
 try:
@@ -57,7 +57,7 @@ class _Native:
     def __init__(self, versions: dict[int, tuple[bytes, tuple[Any, ...]]]) -> None:
         self._versions = versions
 
-    def __call__(self, cts: list[Any], row_keys: list[bytes]) -> list[str] | None:
+    def __call__(self, cts: Sequence[Any], row_keys: Sequence[bytes]) -> list[str] | None:
         assert _gcm is not None
         result: list[str] | None = _gcm.open_column(self._versions, cts, row_keys)
         return result

@@ -42,9 +42,13 @@ def open_columns(
     whole column takes the fast path; returns the indexes in ``plan`` of the fields left to
     the caller's general path (their ``items`` entries untouched)."""
     left: list[int] = []
-    keys = row_keys if isinstance(row_keys, list) else list(row_keys)
+    keys = row_keys if isinstance(row_keys, list | tuple) else list(row_keys)
+    by_column = list(zip(*rows, strict=True)) if rows else []  # one pass over the rows
     for i, (name, _pt_i, ct_i, _versions, conv, open_column) in enumerate(plan):
-        texts = None if ct_i is None else open_column([row[ct_i] for row in rows], keys)
+        if ct_i is None:
+            left.append(i)
+            continue
+        texts = open_column(by_column[ct_i], keys) if by_column else []
         if texts is None:  # the general path decides, names the failure and counts it
             left.append(i)
             continue
