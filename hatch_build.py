@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import sysconfig
 import tempfile
@@ -34,6 +35,8 @@ def compile_extension(source: Path, target: Path) -> None:
 
 
 class NativeOpenerHook(BuildHookInterface):  # type: ignore[type-arg]
+    _scratch: Path | None = None  # a wheel's build folder for the module, removed after
+
     def initialize(self, version: str, build_data: dict[str, Any]) -> None:
         if os.environ.get("DUALWRITE_NO_NATIVE"):
             return
@@ -42,7 +45,8 @@ class NativeOpenerHook(BuildHookInterface):  # type: ignore[type-arg]
         if version == "editable":
             target = root / SOURCE.parent / name
         else:
-            target = Path(tempfile.mkdtemp(prefix="dualwrite-build-")) / name
+            self._scratch = Path(tempfile.mkdtemp(prefix="dualwrite-build-"))
+            target = self._scratch / name
         try:
             compile_extension(root / SOURCE, target)
         except (OSError, subprocess.CalledProcessError) as exc:
@@ -56,3 +60,8 @@ class NativeOpenerHook(BuildHookInterface):  # type: ignore[type-arg]
             build_data["force_include"][str(target)] = f"dualwrite/crypto/{name}"
             build_data["pure_python"] = False
             build_data["infer_tag"] = True
+
+    def finalize(self, version: str, build_data: dict[str, Any], artifact_path: str) -> None:
+        if self._scratch is not None:  # the wheel holds its copy now
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
